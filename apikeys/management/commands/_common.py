@@ -1,0 +1,56 @@
+"""Helpers shared by the key commands: strict argument types that fail with a one-line message."""
+
+import argparse
+import sys
+from datetime import datetime
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+
+class KeyCommand(BaseCommand):
+    """A command whose usage errors are one line on stderr and exit 2 (scripts parse stderr)."""
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+
+        def one_line_error(message):
+            if not parser.called_from_command_line:
+                from django.core.management.base import CommandError
+
+                raise CommandError(f"Error: {message}")
+            sys.stderr.write(f"{prog_name} {subcommand}: error: {message}\n")
+            sys.exit(2)
+
+        parser.error = one_line_error
+        return parser
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {number}")
+    return number
+
+
+def iso_datetime(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 date or date-time, got {value!r}") from None
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, timezone.utc)
+    return moment
+
+
+class NoRepeatAction(argparse.Action):
+    """Store a value, refusing a flag given twice (`--rpm 5 --rpm 50` is a mistake, not a choice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_seen_{self.dest}", False):
+            parser.error(f"{option_string} given more than once")
+        setattr(namespace, f"_seen_{self.dest}", True)
+        setattr(namespace, self.dest, values)

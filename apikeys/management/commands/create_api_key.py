@@ -1,0 +1,64 @@
+"""`manage.py create_api_key NAME [--rpm N] [--tpm N] [--max-concurrent N] [--models a,b] [--expires ISO-8601]
+[--budget-usd X] [--budget-period day|month|total] [--owner TEXT]`
+
+Prints the raw key as the last line of stdout (and nothing else there); everything else goes to stderr.
+"""
+
+from decimal import Decimal, InvalidOperation
+
+from django.core.management.base import CommandError
+
+from apikeys.services import api_key_create
+
+from ._common import KeyCommand, NoRepeatAction, iso_datetime, non_negative_int
+
+
+def budget(value: str) -> Decimal:
+    import argparse
+
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected an amount in USD, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative amount, got {value!r}")
+    return amount
+
+
+class Command(KeyCommand):
+    help = "Create an API key and print the raw key (shown once) as the last line of stdout."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--rpm", type=non_negative_int, action=NoRepeatAction, help="requests per minute")
+        parser.add_argument("--tpm", type=non_negative_int, action=NoRepeatAction, help="tokens per minute")
+        parser.add_argument(
+            "--max-concurrent", type=non_negative_int, action=NoRepeatAction, help="concurrent requests"
+        )
+        parser.add_argument("--models", action=NoRepeatAction, help="comma-separated allowed models (default all)")
+        parser.add_argument("--expires", type=iso_datetime, action=NoRepeatAction, help="ISO-8601 expiry")
+        parser.add_argument("--budget-usd", type=budget, action=NoRepeatAction, help="spend cap in USD")
+        parser.add_argument(
+            "--budget-period", choices=["day", "month", "total"], default="month", action=NoRepeatAction
+        )
+        parser.add_argument("--owner", default="", action=NoRepeatAction)
+
+    def handle(self, *args, **options):
+        models = [m for m in (options["models"] or "").split(",") if m.strip()]
+        try:
+            api_key, raw = api_key_create(
+                name=options["name"],
+                actor="command:create_api_key",
+                owner=options["owner"],
+                rpm=options["rpm"],
+                tpm=options["tpm"],
+                max_concurrent=options["max_concurrent"],
+                allowed_models=models,
+                expires=options["expires"],
+                budget_usd=options["budget_usd"],
+                budget_period=options["budget_period"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stderr.write(f"Created key {api_key.prefix} ({api_key.name}). Store it now: it is not shown again.")
+        self.stdout.write(raw)

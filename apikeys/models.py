@@ -1,0 +1,101 @@
+"""Tollgate's API keys: hashed (djangorestframework-api-key), with limits, an allowlist, expiry and rotation."""
+
+from django.db import models
+from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "per day (UTC)"
+    MONTH = "month", "per calendar month (UTC)"
+    TOTAL = "total", "in total"
+
+
+class APIKey(AbstractAPIKey):
+    """A client key. The raw key (`prefix.secret`) is shown once at creation; only its SHA-512 is stored.
+
+    `expiry_date` (from the package) is the hard expiry an admin sets; `grace_until` is set on a key that was
+    rotated and marks the end of its grace period. The key stops working at the earlier of the two.
+    """
+
+    objects = APIKeyManager()
+
+    owner = models.CharField(max_length=200, blank=True, help_text="Who this key belongs to (person, team, service).")
+    notes = models.TextField(blank=True)
+
+    # RATE LIMITS (null = the project-wide default from settings, which may itself be unlimited)
+    rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests / minute")
+    tpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="tokens / minute")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, verbose_name="max concurrent requests")
+
+    # MODELS (empty list = every model)
+    allowed_models = models.JSONField(default=list, blank=True, help_text="Model ids this key may use; empty = all.")
+
+    # BUDGET (null = no cap)
+    budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="budget (USD)"
+    )
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+
+    # LIFECYCLE
+    predecessor = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="successor", editable=False
+    )
+    grace_until = models.DateTimeField(null=True, blank=True, editable=False, help_text="End of rotation grace.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    def valid_until(self):
+        """The moment the key stops working (expiry or end of rotation grace), or None."""
+        ends = [t for t in (self.expiry_date, self.grace_until) if t is not None]
+        return min(ends) if ends else None
+
+    def is_usable(self, now=None) -> bool:
+        until = self.valid_until()
+        return not self.revoked and (until is None or until > (now or timezone.now()))
+
+
+class KeyGeneration(models.Model):
+    """A single row whose `value` grows on every key change; workers poll it to drop their key caches.
+
+    Bumped in the same transaction as the change (apikeys.signals), so a worker that sees the new value also
+    sees the change.
+    """
+
+    value = models.BigIntegerField(default=0)
+
+
+class AuditAction(models.TextChoices):
+    CREATE = "create"
+    ROTATE = "rotate"
+    REVOKE = "revoke"
+    UPDATE = "update"
+
+
+class AuditLogEntry(models.Model):
+    """Append-only record of a key lifecycle step. Never updated or deleted."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=200, help_text="Admin username, or 'command:<name>'.")
+    action = models.CharField(max_length=16, choices=AuditAction.choices)
+    key_prefix = models.CharField(max_length=8, db_index=True)
+    key_name = models.CharField(max_length=50, blank=True)
+    changes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("Audit log entries are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Audit log entries are append-only.")

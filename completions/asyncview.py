@@ -1,0 +1,52 @@
+"""`AsyncAPIView`: DRF's `APIView`, dispatched natively on the event loop.
+
+adrf's APIView runs `initial()` through `sync_to_async` and async authenticators back through `async_to_sync`:
+two thread hops per request, which costs most of the throughput the performance issue asks for. Here
+authentication is awaited directly (`aauthenticate` when the class has it) and everything else in DRF's
+request cycle (Request wrapping, exception handling, finalize_response) is DRF's own.
+"""
+
+from asgiref.sync import iscoroutinefunction
+from rest_framework.views import APIView
+
+
+class AsyncAPIView(APIView):
+    """An APIView whose handlers are `async def`. Throttles are checked by the handler itself (see `apis.py`)."""
+
+    async def dispatch(self, request, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            await self.ainitial(request, *args, **kwargs)
+            handler = getattr(self, request.method.lower(), None)
+            if request.method.lower() not in self.http_method_names or handler is None:
+                handler = self.http_method_not_allowed
+            response = handler(request, *args, **kwargs)
+            if iscoroutinefunction(handler):
+                response = await response
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+    async def ainitial(self, request, *args, **kwargs):
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        neg = self.perform_content_negotiation(request)
+        request.accepted_renderer, request.accepted_media_type = neg
+        version, scheme = self.determine_version(request, *args, **kwargs)
+        request.version, request.versioning_scheme = version, scheme
+        await self.aperform_authentication(request)
+        self.check_permissions(request)
+
+    async def aperform_authentication(self, request):
+        for authenticator in request.authenticators:
+            aauthenticate = getattr(authenticator, "aauthenticate", None)
+            result = await aauthenticate(request) if aauthenticate else authenticator.authenticate(request)
+            if result is not None:
+                request._authenticator = authenticator
+                request.user, request.auth = result
+                return
+        request._not_authenticated()

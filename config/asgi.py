@@ -1,0 +1,188 @@
+"""ASGI entry point: `config.asgi:application`, served by gunicorn with uvicorn workers (config/gunicorn.conf.py).
+
+Two Django handlers share one URLconf:
+
+* the **API handler** serves `settings.API_PATH_PREFIXES` (`/v1/…`, `/api/route`, health checks). It runs only
+  async-native middleware and skips the per-request `request_started`/`request_finished` signals, whose sync
+  receivers cost a thread hop each under ASGI. No API request touches the database on its hot path (keys are
+  cached, limits live in Redis, usage is written in batches by a background thread), so nothing needs them;
+* the **web handler** (Django's stock `ASGIHandler`) serves everything else: the admin, the schema, static files.
+
+In front of both, `TollgateApp` answers ASGI lifespan events (flushing buffered usage records on a clean
+shutdown) and refuses request bodies over `MAX_REQUEST_BODY_MB` with a 413 before reading them.
+"""
+
+import asyncio
+import logging
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+
+import django
+
+django.setup(set_prefix=False)
+
+from django.conf import settings  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
+
+from completions import lifecycle  # noqa: E402
+from completions.errors import error_body_bytes  # noqa: E402
+
+logger = logging.getLogger("tollgate.asgi")
+
+
+class APIHandler(ASGIHandler):
+    """Django's ASGIHandler, trimmed for the API paths: async-only middleware, no thread hops."""
+
+    def load_middleware(self, is_async=False):
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        handler = convert_exception_to_response(self._get_response_async)
+        for middleware_path in reversed(settings.API_MIDDLEWARE):
+            handler = convert_exception_to_response(import_string(middleware_path)(handler))
+        self._middleware_chain = handler
+
+    async def handle(self, scope, receive, send):
+        # Mirrors ASGIHandler.handle (Django 5.2) minus the request_started/finished signals: their sync
+        # receivers (close_old_connections, reset_queries) would each cost a sync_to_async hop per request.
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            return
+
+        async def process_request():
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # The client disconnected while we were sending.
+            return response
+
+        # Watch for a disconnect while the view runs: a client that goes away cancels the view, which closes
+        # its upstream request (completions/apis.py).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if not tasks[1].cancelled() and tasks[1].exception() is None:
+            response = tasks[1].result()
+            # HttpResponse.close() minus its request_finished signal (see above).
+            for closer in response._resource_closers:
+                closer()
+        body_file.close()
+
+
+def _too_large(limit_mb: float) -> bytes:
+    return error_body_bytes(
+        f"Request body too large: the limit is {limit_mb:g} MB (MAX_REQUEST_BODY_MB).",
+        "invalid_request_error",
+        None,
+        "request_too_large",
+    )
+
+
+class TollgateApp:
+    """The ASGI application: lifespan, the body-size guard, and routing between the two handlers."""
+
+    def __init__(self):
+        self.api = APIHandler()
+        self.web = ASGIHandler()
+        self.api_prefixes = tuple(settings.API_PATH_PREFIXES)
+        self.max_body = settings.MAX_REQUEST_BODY_BYTES
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "lifespan":
+            return await self.lifespan(receive, send)
+        if kind != "http":
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > self.max_body
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    return await self.refuse_too_large(send)
+                break
+        else:
+            receive = self.limited_receive(receive)
+        handler = self.api if scope["path"].startswith(self.api_prefixes) else self.web
+        try:
+            await handler(scope, receive, send)
+        except BodyTooLarge:
+            await self.refuse_too_large(send)
+
+    def limited_receive(self, receive):
+        """For chunked bodies (no Content-Length): count bytes as they arrive and stop past the limit."""
+        seen = 0
+
+        async def wrapped():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise BodyTooLarge()
+            return message
+
+        return wrapped
+
+    async def refuse_too_large(self, send):
+        body = _too_large(settings.MAX_REQUEST_BODY_MB)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await lifecycle.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await lifecycle.shutdown()
+                except Exception:
+                    logger.exception("error during shutdown")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class BodyTooLarge(Exception):
+    """A chunked request body grew past MAX_REQUEST_BODY_MB."""
+
+
+application = TollgateApp()

@@ -1,0 +1,71 @@
+"""Command line: ``python -m fakeupstream [--host H] [--port P] [--require-key KEY] [--no-record]``.
+
+Prints exactly one line to stdout, ``fakeupstream listening on http://HOST:PORT`` (the real port when
+``--port 0``), once connections are accepted; serves until SIGTERM or SIGINT, then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import resource
+import sys
+
+from fakeupstream.server import serve_forever, uvloop
+
+
+def _raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one: thousands of streams need thousands of sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _announce(url: str) -> None:
+    sys.stdout.write(f"fakeupstream listening on {url}\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, serve until SIGTERM/SIGINT and return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m fakeupstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=9100,
+        help="port to bind; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--require-key",
+        metavar="KEY",
+        default=None,
+        help="answer 401 invalid_api_key unless 'Authorization: Bearer KEY' is sent",
+    )
+    parser.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="do not keep requests for GET /_fake/requests (counters are still kept)",
+    )
+    args = parser.parse_args(argv)
+    _raise_fd_limit()
+    key, record = args.require_key, args.record
+    coro = serve_forever(args.host, args.port, require_key=key, record=record, on_ready=_announce)
+    try:
+        if uvloop is not None:
+            uvloop.run(coro)
+        else:  # pragma: no cover - depends on the environment
+            asyncio.run(coro)
+    except OSError as exc:  # typically: the address is already in use
+        sys.stderr.write(f"fakeupstream: cannot listen on {args.host}:{args.port}: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

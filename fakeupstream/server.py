@@ -1,0 +1,647 @@
+"""The fake upstream HTTP server: an OpenAI-compatible, deterministic, fast ``aiohttp`` server.
+
+Endpoints (see the package docstring for the full contract):
+
+* ``POST /v1/chat/completions`` -- deterministic echo completions, plain or SSE-streamed, steered by the
+  ``"fake"`` body field (see :class:`fakeupstream.completions.FakeSwitches`).
+* ``GET /v1/models`` and ``GET /v1/models/{id}``.
+* ``GET``/``DELETE /_fake/requests`` -- the ring buffer of the last requests to ``/v1/*``.
+* ``GET``/``DELETE /_fake/stats`` -- ``{"open_streams", "completed", "client_disconnects"}``.
+
+The server runs on one asyncio loop (uvloop when importable).  It uses aiohttp's low-level
+:class:`aiohttp.web.Server` with a hand-written dispatcher (no router, no middlewares) and
+``handler_cancellation=True``, so a client that goes away cancels its handler at once: that is how
+``open_streams`` drops and ``disconnected_at`` is recorded promptly, even in the middle of a long sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from fakeupstream.completions import (
+    GARBAGE_BODY,
+    MODELS,
+    ChatRequest,
+    InvalidRequestError,
+    error_body,
+    model_object,
+    models_list,
+    parse_chat_request,
+)
+
+try:  # uvloop is optional: it roughly doubles throughput, but the server is correct without it.
+    import uvloop
+except ImportError:  # pragma: no cover - depends on the environment
+    uvloop = None
+
+__all__ = ["FakeUpstream", "RequestRecord", "new_event_loop", "serve_in_thread"]
+
+#: Default size of the request ring buffer.
+RECORD_LIMIT = 2000
+#: Listen backlog: large enough for thousands of clients connecting at once (capped by somaxconn).
+BACKLOG = 4096
+#: Seconds that in-flight requests get to finish when the server stops; then they are cancelled.
+SHUTDOWN_TIMEOUT = 1.0
+
+_JSON = "application/json"
+_SSE = "text/event-stream; charset=utf-8"
+_DONE = b"data: [DONE]\n\n"
+
+
+class RequestRecord:
+    """One recorded request to ``/v1/*``; kept raw and cheap, rendered by :meth:`as_dict` on demand.
+
+    The stream fields are updated in place while the response is being sent: ``stream`` (a streamed
+    response was started), ``chunks_sent`` (content chunks written, not counting the role chunk),
+    ``completed`` (the whole response was handed to the socket), ``disconnected`` / ``disconnected_at``
+    (the client went away first; epoch seconds) and ``cut`` (the server aborted on ``cut_after_chunks``).
+    """
+
+    __slots__ = (
+        "body",
+        "chunks_sent",
+        "completed",
+        "cut",
+        "disconnected",
+        "disconnected_at",
+        "finished_at",
+        "method",
+        "path",
+        "query",
+        "raw_headers",
+        "seq",
+        "status",
+        "stream",
+        "time",
+    )
+
+    def __init__(self, seq: int, request: web.BaseRequest, body: bytes) -> None:
+        self.seq = seq
+        self.time = time.time()
+        self.method = request.method
+        self.path = request.path
+        self.query = request.query_string
+        self.raw_headers = request.raw_headers
+        self.body = body
+        self.status: int | None = None
+        self.stream = False
+        self.chunks_sent = 0
+        self.completed = False
+        self.finished_at: float | None = None
+        self.disconnected = False
+        self.disconnected_at: float | None = None
+        self.cut = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Render the record as JSON-ready data.
+
+        ``headers`` maps lower-case names to values (repeated headers joined with ``", "``).  ``body`` is
+        the raw body decoded as UTF-8 with ``body_encoding`` ``"utf-8"``, or base64 with ``"base64"`` when
+        it is not valid UTF-8; ``json`` is the parsed body, or ``None`` when it is not JSON.
+        """
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self.raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        try:
+            body, encoding = self.body.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            body, encoding = base64.b64encode(self.body).decode("ascii"), "base64"
+        try:
+            parsed = orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": headers,
+            "body": body,
+            "body_encoding": encoding,
+            "json": parsed,
+            "status": self.status,
+            "stream": self.stream,
+            "chunks_sent": self.chunks_sent,
+            "completed": self.completed,
+            "finished_at": self.finished_at,
+            "disconnected": self.disconnected,
+            "disconnected_at": self.disconnected_at,
+            "cut": self.cut,
+        }
+
+
+_Record = RequestRecord | None
+
+
+def _not_found(method: str, path: str) -> web.Response:
+    """Return OpenAI's 404 for an unknown URL."""
+    return _json_response(404, error_body(f"Invalid URL ({method} {path})", "invalid_request_error"))
+
+
+def _headers(number: int, started: float) -> dict[str, str]:
+    """Return the OpenAI-style headers of completion ``number`` whose handling began at ``started``."""
+    return {
+        "x-request-id": f"req_fake_{number}",
+        "openai-processing-ms": str(int((time.perf_counter() - started) * 1000)),
+    }
+
+
+def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    """Return a response with a ready-made JSON ``body``."""
+    all_headers = {"Content-Type": _JSON}
+    if headers:
+        all_headers.update(headers)
+    return web.Response(status=status, body=body, headers=all_headers)
+
+
+class FakeUpstream:
+    """The fake upstream's state (request ring buffer, counters) and its HTTP handlers.
+
+    ``require_key``: when set, ``/v1/*`` answers 401 ``invalid_api_key`` unless the request carries
+    ``Authorization: Bearer <require_key>``.  ``record``: when false nothing is kept in the ring buffer
+    (``GET /_fake/requests`` then always returns ``[]``); the counters of ``/_fake/stats`` are always kept.
+
+    One instance serves on one event loop at a time: :meth:`start` it there, :meth:`stop` it there.
+    """
+
+    def __init__(
+        self, *, require_key: str | None = None, record: bool = True, record_limit: int = RECORD_LIMIT
+    ) -> None:
+        self.require_key = require_key
+        self.record = record
+        self.requests: deque[RequestRecord] = deque(maxlen=record_limit)
+        self.open_streams = 0
+        self.completed = 0
+        self.client_disconnects = 0
+        self._expected_auth = f"Bearer {require_key}" if require_key is not None else None
+        self._seq = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._runner: web.ServerRunner | None = None
+        self._lingering: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.url: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Bind ``host:port`` (port 0 picks a free one), start serving and return ``http://HOST:PORT``."""
+        if self._runner is not None:
+            raise RuntimeError("FakeUpstream is already started")
+        sock = _bind(host, port)
+        server = web.Server(self._dispatch, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        real_port = sock.getsockname()[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{real_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop serving and close every connection; idempotent.
+
+        Streams, hangs and delays are cancelled at once (and not counted as client disconnects); other
+        in-flight requests get up to :data:`SHUTDOWN_TIMEOUT` seconds to finish.
+        """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping = True
+        try:
+            for task in list(self._lingering):
+                task.cancel()
+            await runner.cleanup()
+        finally:
+            self._stopping = False
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route a request by path and method (a few string compares; no router overhead)."""
+        path = request.path
+        if path.startswith("/v1/"):
+            return await self._v1(request, path)
+        if path.startswith("/_fake/"):
+            return self._introspect(request, path)
+        return _not_found(request.method, path)
+
+    async def _v1(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """Record the request, enforce the API key, and serve one ``/v1/*`` endpoint."""
+        if request.body_exists:
+            expect = request.headers.get("Expect")
+            if expect is not None and expect.lower() == "100-continue" and request.version >= (1, 1):
+                # No router here, so answer ``Expect`` ourselves (curl sends it for bodies over 1 KiB).
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
+            body = await request.content.read()
+        else:
+            body = b""
+        record = None
+        if self.record:
+            record = RequestRecord(next(self._seq), request, body)
+            self.requests.append(record)
+        method = request.method
+        if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
+            response = self._unauthorized(request)
+        elif path == "/v1/chat/completions" and method == "POST":
+            return await self._chat(request, body, record)
+        elif path == "/v1/models" and method == "GET":
+            response = _json_response(200, models_list())
+        elif path.startswith("/v1/models/") and method == "GET":
+            response = self._model(path[len("/v1/models/") :])
+        else:
+            response = _not_found(method, path)
+        self._finished(record, response.status)
+        return response
+
+    def _unauthorized(self, request: web.BaseRequest) -> web.Response:
+        """Return OpenAI's 401 ``invalid_api_key`` error."""
+        auth = request.headers.get("Authorization")
+        if not auth:
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        else:
+            key = auth.removeprefix("Bearer ").strip()
+            message = f"Incorrect API key provided: {key[:3]}***{key[-4:] if len(key) > 8 else ''}."
+        return _json_response(401, error_body(message, "invalid_request_error", "invalid_api_key"))
+
+    @staticmethod
+    def _model(name: str) -> web.Response:
+        """Return one model, or OpenAI's 404 ``model_not_found``."""
+        for model, created in MODELS:
+            if model == name:
+                return _json_response(200, orjson.dumps(model_object(model, created)))
+        message = f"The model '{name}' does not exist or you do not have access to it."
+        return _json_response(404, error_body(message, "invalid_request_error", "model_not_found", "model"))
+
+    # ------------------------------------------------------------------ chat completions
+
+    async def _chat(
+        self,
+        request: web.BaseRequest,
+        body: bytes,
+        record: _Record,
+    ) -> web.StreamResponse:
+        """Serve ``POST /v1/chat/completions`` including every ``fake`` switch."""
+        started = time.perf_counter()
+        try:
+            chat = parse_chat_request(body)
+        except InvalidRequestError as exc:
+            self._finished(record, 400)
+            return _json_response(400, error_body(str(exc), "invalid_request_error", None, exc.param))
+        number = next(self._ids)
+        fake = chat.fake
+        if not (fake.delay or fake.hang or chat.stream):
+            return self._respond(chat, number, started, record)
+        # Long-lived: tracked so that stop() can cancel it instead of waiting for it.
+        task = asyncio.current_task()
+        self._lingering.add(task)
+        try:
+            try:
+                if fake.delay:
+                    await asyncio.sleep(fake.delay)
+                if fake.hang:
+                    await asyncio.get_running_loop().create_future()  # resolved by nobody: await cancellation
+            except asyncio.CancelledError:
+                self._client_gone(record)
+                raise
+            if chat.stream and fake.status is None and not fake.garbage:
+                return await self._stream(request, chat, number, _headers(number, started), record)
+            return self._respond(chat, number, started, record)
+        finally:
+            self._lingering.discard(task)
+
+    def _respond(self, chat: ChatRequest, number: int, started: float, record: _Record) -> web.Response:
+        """Return the complete (non-streamed) answer: a ``status`` error, ``garbage`` or a completion."""
+        fake = chat.fake
+        headers = _headers(number, started)
+        if fake.status is not None:
+            headers["Content-Type"] = fake.content_type or _JSON
+            if fake.headers:
+                headers.update(fake.headers)
+            response = web.Response(status=fake.status, body=fake.error_payload(), headers=headers)
+        elif fake.garbage:
+            headers["Content-Type"] = _JSON
+            response = web.Response(status=200, body=GARBAGE_BODY, headers=headers)
+        else:
+            headers["Content-Type"] = _JSON
+            response = web.Response(status=200, body=_completion(chat, number), headers=headers)
+        self._finished(record, response.status)
+        return response
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        chat: ChatRequest,
+        number: int,
+        headers: dict[str, str],
+        record: _Record,
+    ) -> web.StreamResponse:
+        """Send ``chat`` as server-sent events, writing each chunk to the socket as soon as it is made.
+
+        Chunks are paced on absolute deadlines (``start + i * chunk_delay``) so a loaded server does not
+        drift.  A client disconnect (handler cancelled, or a write failing) is recorded and ends the stream;
+        ``cut_after_chunks`` closes the connection after that many content chunks, without the final chunk,
+        the terminating HTTP chunk or ``[DONE]``.
+        """
+        headers["Content-Type"] = _SSE
+        headers["Cache-Control"] = "no-cache"
+        response = web.StreamResponse(status=200, headers=headers)
+        fake = chat.fake
+        chunk = _ChunkMaker(f"chatcmpl-fake{number}", chat.model, chat.include_usage)
+        pieces = chat.pieces
+        cut = fake.cut_after_chunks
+        delay = fake.chunk_delay
+        loop = asyncio.get_running_loop()
+        if record is not None:
+            record.stream = True
+            record.status = 200
+        self.open_streams += 1
+        try:
+            await response.prepare(request)
+            await response.write(chunk.role())
+            deadline = loop.time()
+            for sent, piece in enumerate(pieces if cut is None else pieces[:cut], 1):
+                if delay:
+                    deadline += delay
+                    pause = deadline - loop.time()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                await response.write(chunk.content(piece))
+                if record is not None:
+                    record.chunks_sent = sent
+            if cut is not None:
+                self._cut(request, record)
+                return response
+            if delay:
+                deadline += delay
+                pause = deadline - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+            await response.write(chunk.finish())
+            if chat.include_usage:
+                await response.write(chunk.usage(chat.usage))
+            await response.write(_DONE)
+            await response.write_eof()
+        except asyncio.CancelledError:
+            self._client_gone(record)
+            raise
+        except ConnectionError:
+            self._client_gone(record)
+            return response
+        finally:
+            self.open_streams -= 1
+        self._finished(record, 200)
+        return response
+
+    @staticmethod
+    def _cut(request: web.BaseRequest, record: _Record) -> None:
+        """Close the connection mid-response; the chunks already written are flushed first."""
+        if record is not None:
+            record.cut = True
+            record.finished_at = time.time()
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _finished(self, record: _Record, status: int) -> None:
+        """Count a response handed over in full and mark its record."""
+        self.completed += 1
+        if record is not None:
+            record.status = status
+            record.completed = True
+            record.finished_at = time.time()
+
+    def _client_gone(self, record: _Record) -> None:
+        """Count and record a client that went away before its response was complete."""
+        if self._stopping:
+            return
+        self.client_disconnects += 1
+        if record is not None:
+            record.disconnected = True
+            record.disconnected_at = record.finished_at = time.time()
+
+    def stats(self) -> dict[str, int]:
+        """Return the counters served by ``GET /_fake/stats``."""
+        return {
+            "open_streams": self.open_streams,
+            "completed": self.completed,
+            "client_disconnects": self.client_disconnects,
+        }
+
+    def _introspect(self, request: web.BaseRequest, path: str) -> web.Response:
+        """Serve the ``/_fake/*`` test endpoints."""
+        method = request.method
+        if path == "/_fake/requests":
+            if method == "GET":
+                return _json_response(200, orjson.dumps([record.as_dict() for record in self.requests]))
+            if method == "DELETE":
+                cleared = len(self.requests)
+                self.requests.clear()
+                return _json_response(200, orjson.dumps({"cleared": cleared}))
+        elif path == "/_fake/stats":
+            if method == "GET":
+                return _json_response(200, orjson.dumps(self.stats()))
+            if method == "DELETE":
+                self.completed = self.client_disconnects = 0
+                return _json_response(200, orjson.dumps(self.stats()))
+        else:
+            return _not_found(method, path)
+        message = f"Method not allowed ({method} {path})"
+        return _json_response(405, error_body(message, "invalid_request_error"))
+
+
+class _ChunkMaker:
+    """Builds the ``data: {...}`` SSE events (each ending in a blank line) of one streamed completion."""
+
+    __slots__ = ("_base", "_include_usage", "_prefix", "_suffix")
+
+    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+        self._include_usage = include_usage
+        self._base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+        # Content chunks are the hot path: splice the JSON-encoded piece between constant bytes.
+        head = orjson.dumps(self._base)[:-1]
+        self._prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
+        self._suffix = b'},"logprobs":null,"finish_reason":null}]' + (
+            b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        )
+
+    def _event(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+        data = dict(self._base)
+        data["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        if self._include_usage:
+            data["usage"] = None
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    def role(self) -> bytes:
+        """Return the first event: ``delta = {"role": "assistant", "content": ""}``."""
+        return self._event({"role": "assistant", "content": ""}, None)
+
+    def content(self, piece: str) -> bytes:
+        """Return one content event carrying ``piece``."""
+        return self._prefix + orjson.dumps(piece) + self._suffix
+
+    def finish(self) -> bytes:
+        """Return the event with an empty delta and ``finish_reason: "stop"``."""
+        return self._event({}, "stop")
+
+    def usage(self, usage: dict[str, Any]) -> bytes:
+        """Return the extra ``include_usage`` event: no choices, just the usage object."""
+        data = dict(self._base)
+        data["choices"] = []
+        data["usage"] = usage
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _completion(chat: ChatRequest, number: int) -> bytes:
+    """Return the JSON of a non-streamed ``chat.completion`` object."""
+    return orjson.dumps(
+        {
+            "id": f"chatcmpl-fake{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": chat.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": chat.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": chat.usage,
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Return a non-blocking TCP socket bound to ``host:port`` (not yet listening)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, address = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """Return a new event loop: uvloop's when importable, else asyncio's default."""
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
+
+def serve_in_thread(
+    host: str = "127.0.0.1", port: int = 0, *, require_key: str | None = None, record: bool = True
+) -> tuple[str, Callable[[], None]]:
+    """Run a :class:`FakeUpstream` on its own event loop in a daemon thread.
+
+    Returns ``(base_url, stop)`` once the server is listening: ``base_url`` is ``http://HOST:PORT`` with the
+    real port (port 0 picks a free one; append ``/v1`` for an OpenAI client), and ``stop()`` shuts the server
+    down and joins the thread (idempotent, safe to call from any thread but the server's own).
+    """
+    upstream = FakeUpstream(require_key=require_key, record=record)
+    loop = new_event_loop()
+    ready = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            try:
+                outcome["url"] = loop.run_until_complete(upstream.start(host, port))
+            except BaseException as exc:  # handed over to the caller's thread
+                outcome["error"] = exc
+                return
+            finally:
+                ready.set()
+            loop.run_forever()
+            loop.run_until_complete(upstream.stop())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name=f"fakeupstream-{host}:{port}", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in outcome:
+        thread.join()
+        raise outcome["error"]
+    lock = threading.Lock()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        with lock:
+            if stopped:
+                return
+            stopped = True
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+    return outcome["url"], stop
+
+
+async def serve_forever(
+    host: str,
+    port: int,
+    *,
+    require_key: str | None = None,
+    record: bool = True,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly (the body of ``python -m fakeupstream``).
+
+    ``on_ready(base_url)`` is called once the socket is listening.
+    """
+    upstream = FakeUpstream(require_key=require_key, record=record)
+    url = await upstream.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_ready is not None:
+            on_ready(url)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await upstream.stop()

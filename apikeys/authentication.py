@@ -4,11 +4,14 @@ djangorestframework-api-key ships only a permission (`HasAPIKey`), which leaves 
 authenticates instead, so `request.auth` is the key's `KeySnapshot`.
 """
 
+import asyncio
 import time
+import weakref
 
 from asgiref.sync import sync_to_async
 from django.db.utils import DatabaseError
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework import HTTP_HEADER_ENCODING
+from rest_framework.authentication import BaseAuthentication
 
 from completions.errors import InvalidAPIKey, ServiceUnavailable
 
@@ -42,7 +45,12 @@ class BearerAPIKeyAuthentication(BaseAuthentication):
         return f'{self.keyword} realm="tollgate"'
 
     def get_raw_key(self, request) -> str:
-        header = get_authorization_header(request).split()
+        # DRF's get_authorization_header reads `request.headers`, which copies every header into a new dict;
+        # the one header, read from META and encoded the same way, is all that is needed.
+        header = request.META.get("HTTP_AUTHORIZATION", b"")
+        if isinstance(header, str):
+            header = header.encode(HTTP_HEADER_ENCODING)
+        header = header.split()
         if not header or header[0].lower() != self.keyword.lower().encode():
             raise InvalidAPIKey(MISSING_KEY)
         if len(header) != 2:
@@ -89,11 +97,35 @@ class BearerAPIKeyAuthentication(BaseAuthentication):
         digest = key_digest(raw)
         try:
             if cache.refresh_due():
-                await sync_to_async(cache.refresh, thread_sensitive=False)()
+                await _shared(("refresh",), cache.refresh)
             try:
                 snapshot = cache.get(digest)
             except KeyError:
-                snapshot = await sync_to_async(cache.load, thread_sensitive=False)(raw, digest)
+                snapshot = await _shared(("load", digest), cache.load, raw, digest)
         except DatabaseError:
             raise ServiceUnavailable("The key store is unreachable; try again shortly.") from None
         return self.check(snapshot)
+
+
+# Database reads in flight on each event loop, by purpose: concurrent requests that need the same read (the
+# periodic generation check, or loading a key every worker just dropped from its cache) wait for one thread
+# hop and one query instead of queueing one each on the executor.
+_in_flight: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
+async def _shared(purpose: tuple, fn, *args):
+    """`await sync_to_async(fn)(*args)`, shared with every caller on this loop that asks for the same purpose."""
+    loop = asyncio.get_running_loop()
+    pending = _in_flight.setdefault(loop, {})
+    future = pending.get(purpose)
+    if future is None:
+        future = pending[purpose] = asyncio.ensure_future(sync_to_async(fn, thread_sensitive=False)(*args))
+
+        def forget(done):
+            pending.pop(purpose, None)
+            if not done.cancelled():
+                done.exception()  # retrieved here, so that a read nobody waits for any more logs no warning
+
+        future.add_done_callback(forget)
+    # A request that goes away must not cancel the read the others are waiting for.
+    return await asyncio.shield(future)

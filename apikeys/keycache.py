@@ -38,6 +38,7 @@ class KeySnapshot:
     revoked: bool
     budget_usd: Decimal | None
     budget_period: str
+    lineage: str = ""  # whose rate-limit and budget counters (see APIKey.lineage)
 
     # DRF's IsAuthenticated and request.user checks look for this.
     is_authenticated = True
@@ -65,6 +66,7 @@ class KeySnapshot:
             revoked=key.revoked,
             budget_usd=key.budget_usd,
             budget_period=key.budget_period,
+            lineage=key.lineage or key.prefix,
         )
 
 
@@ -82,6 +84,7 @@ class KeyCache:
     """Process-wide key cache. `get` is safe to call from the event loop; `load` and `refresh` touch the DB."""
 
     timer = time.monotonic
+    max_entries = 100_000
 
     def __init__(self, check_seconds: float):
         self.check_seconds = check_seconds
@@ -124,6 +127,9 @@ class KeyCache:
         found = _db_call(lambda: APIKey.objects.filter(prefix=prefix).first())
         valid = generator.verify(raw_key, found.hashed_key if found else _DUMMY_HASH)
         snapshot = KeySnapshot.from_model(found) if (found is not None and valid) else None
+        if len(self._entries) >= self.max_entries:
+            # Bound memory against floods of random keys (each wrong key is cached as None): start over.
+            self._entries.clear()
         self._entries[digest] = snapshot
         return snapshot
 

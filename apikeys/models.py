@@ -11,6 +11,21 @@ class BudgetPeriod(models.TextChoices):
     TOTAL = "total", "in total"
 
 
+class TollgateAPIKeyManager(APIKeyManager):
+    """The package's manager, except that a key's primary key is its prefix.
+
+    The package makes the primary key `prefix.hash`; the primary key ends up in admin URLs, the admin's own
+    log, foreign keys and key snapshots, and no page may ever show a hash (issue 3). The prefix is unique
+    already, so it identifies a key just as well.
+    """
+
+    def assign_key(self, obj: "AbstractAPIKey") -> str:
+        key = super().assign_key(obj)
+        obj.id = obj.prefix
+        obj.lineage = obj.predecessor.lineage if obj.predecessor_id else obj.prefix
+        return key
+
+
 class APIKey(AbstractAPIKey):
     """A client key. The raw key (`prefix.secret`) is shown once at creation; only its SHA-512 is stored.
 
@@ -18,7 +33,7 @@ class APIKey(AbstractAPIKey):
     rotated and marks the end of its grace period. The key stops working at the earlier of the two.
     """
 
-    objects = APIKeyManager()
+    objects = TollgateAPIKeyManager()
 
     owner = models.CharField(max_length=200, blank=True, help_text="Who this key belongs to (person, team, service).")
     notes = models.TextField(blank=True)
@@ -41,6 +56,9 @@ class APIKey(AbstractAPIKey):
     predecessor = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="successor", editable=False
     )
+    # The prefix of the first key of its rotation chain. Rate-limit and budget counters belong to the lineage,
+    # so rotating a key neither resets its spend nor doubles its limits during the grace period.
+    lineage = models.CharField(max_length=8, db_index=True, editable=False, default="")
     grace_until = models.DateTimeField(null=True, blank=True, editable=False, help_text="End of rotation grace.")
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -1,16 +1,42 @@
 """Every write to API keys goes through here: the admin, the management commands and the tests all call these.
 
-Each service is keyword-only, runs in one transaction, and writes an `AuditLogEntry`. Raw keys are returned
-to the caller once and never stored or logged.
+Each service is keyword-only, runs in one transaction, and writes an `AuditLogEntry` (actor: the admin's
+username or `command:<name>`). Raw keys are returned to the caller once and never stored or logged. Every save
+bumps `KeyGeneration` (apikeys.signals), so each worker of each instance drops its key cache within
+`KEY_CACHE_CHECK_SECONDS`.
 """
 
-from datetime import datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from django.db import transaction
 from django.utils import timezone
 
 from .models import APIKey, AuditAction, AuditLogEntry, BudgetPeriod
+
+# What the admin's rotate form and `rotate_api_key` offer when no grace is given.
+DEFAULT_ROTATION_GRACE = timedelta(hours=1)
+
+# The fields `api_key_update` may change, and the model field each one writes.
+EDITABLE_FIELDS = {
+    "name": "name",
+    "owner": "owner",
+    "notes": "notes",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "max_concurrent": "max_concurrent",
+    "allowed_models": "allowed_models",
+    "expires": "expiry_date",
+    "budget_usd": "budget_usd",
+    "budget_period": "budget_period",
+}
+# A revoked key is final: only what describes it can still change.
+EDITABLE_WHEN_REVOKED = frozenset({"owner", "notes"})
+
+
+# What the columns hold: a 32-bit integer for limits, 12 digits with 4 decimals for a budget.
+MAX_LIMIT = 2**31 - 1
+MAX_BUDGET_USD = Decimal(10) ** 8
 
 
 class KeyLookupError(ValueError):
@@ -21,16 +47,86 @@ class KeyStateError(ValueError):
     """The key cannot take this step (for example: it is revoked)."""
 
 
+class KeyInputError(ValueError):
+    """A value is not acceptable; `field` names it (a key of EDITABLE_FIELDS), for forms to attach the message."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _audit(*, actor: str, action: str, api_key: APIKey, changes: dict) -> None:
     AuditLogEntry.objects.create(
         actor=actor, action=action, key_prefix=api_key.prefix, key_name=api_key.name, changes=changes
     )
 
 
-def _validate_limits(**limits) -> None:
-    for name, value in limits.items():
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must not be negative (got {value}).")
+def _jsonable(value):
+    """A field value as the audit trail stores it (JSON: datetimes as ISO-8601, amounts as strings)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def api_key_clean_fields(**fields) -> dict:
+    """Validate and normalise key fields (any subset of EDITABLE_FIELDS); pure, writes nothing.
+
+    Returns the normalised values: names and texts stripped, models de-duplicated and sorted, expiry made
+    timezone-aware (UTC when naive), budgets as Decimal. Raises `KeyInputError` naming the first bad field, and
+    `TypeError` for a field that does not exist. The admin form calls this too, so that it refuses exactly
+    what the services refuse.
+    """
+    unknown = set(fields) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"Unknown key field(s): {', '.join(sorted(unknown))}.")
+    clean = {}
+    for field, value in fields.items():
+        if field == "name":
+            value = (value or "").strip()
+            if not value:
+                raise KeyInputError(field, "name must not be empty.")
+            if len(value) > 50:
+                raise KeyInputError(field, "name must be at most 50 characters.")
+        elif field == "owner":
+            value = (value or "").strip()
+            if len(value) > 200:
+                raise KeyInputError(field, "owner must be at most 200 characters.")
+        elif field == "notes":
+            value = value or ""
+        elif field in ("rpm", "tpm", "max_concurrent"):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise KeyInputError(field, f"{field} must be a whole number or empty (got {value!r}).")
+                if value < 0:
+                    raise KeyInputError(field, f"{field} must not be negative (got {value}).")
+                if value > MAX_LIMIT:
+                    raise KeyInputError(field, f"{field} must be at most {MAX_LIMIT} (got {value}).")
+        elif field == "allowed_models":
+            if isinstance(value, str) or not all(isinstance(m, str) for m in value or ()):
+                raise KeyInputError(field, "allowed models must be a list of model ids.")
+            value = sorted({m.strip() for m in (value or ()) if m.strip()})
+        elif field == "expires":
+            if value is not None:
+                if not isinstance(value, datetime):
+                    raise KeyInputError(field, f"expires must be a date-time (got {value!r}).")
+                if timezone.is_naive(value):
+                    value = timezone.make_aware(value, UTC)
+        elif field == "budget_usd":
+            if value is not None:
+                try:
+                    value = Decimal(str(value))
+                except InvalidOperation:
+                    raise KeyInputError(field, f"budget must be an amount in USD (got {value!r}).") from None
+                if not value.is_finite() or value < 0:
+                    raise KeyInputError(field, f"budget must not be negative (got {value}).")
+                if value >= MAX_BUDGET_USD:
+                    raise KeyInputError(field, f"budget must be less than {MAX_BUDGET_USD} USD (got {value}).")
+        elif field == "budget_period" and value not in BudgetPeriod.values:
+            raise KeyInputError(field, f"budget period must be one of {', '.join(BudgetPeriod.values)}.")
+        clean[field] = value
+    return clean
 
 
 @transaction.atomic
@@ -48,43 +144,26 @@ def api_key_create(
     budget_usd: Decimal | None = None,
     budget_period: str = BudgetPeriod.MONTH,
 ) -> tuple[APIKey, str]:
-    """Create a key; return it with its raw value (shown once). Raises ValueError on bad input."""
-    name = (name or "").strip()
-    if not name:
-        raise ValueError("name must not be empty.")
-    if len(name) > 50:
-        raise ValueError("name must be at most 50 characters.")
-    _validate_limits(rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, budget_usd=budget_usd)
-    if budget_period not in BudgetPeriod.values:
-        raise ValueError(f"budget period must be one of {', '.join(BudgetPeriod.values)}.")
-    if expires is not None and timezone.is_naive(expires):
-        expires = timezone.make_aware(expires, timezone.utc)
-    models = sorted({m.strip() for m in (allowed_models or []) if m.strip()})
-    api_key, raw = APIKey.objects.create_key(
+    """Create a key; return it with its raw value (shown once). Raises `KeyInputError` (a ValueError)."""
+    fields = api_key_clean_fields(
         name=name,
         owner=owner,
         notes=notes,
         rpm=rpm,
         tpm=tpm,
         max_concurrent=max_concurrent,
-        allowed_models=models,
-        expiry_date=expires,
+        allowed_models=allowed_models,
+        expires=expires,
         budget_usd=budget_usd,
         budget_period=budget_period,
     )
+    api_key, raw = APIKey.objects.create_key(**{EDITABLE_FIELDS[f]: v for f, v in fields.items()})
     _audit(
         actor=actor,
         action=AuditAction.CREATE,
         api_key=api_key,
-        changes={
-            "rpm": rpm,
-            "tpm": tpm,
-            "max_concurrent": max_concurrent,
-            "allowed_models": models,
-            "expires": expires.isoformat() if expires else None,
-            "budget_usd": str(budget_usd) if budget_usd is not None else None,
-            "budget_period": budget_period,
-        },
+        # What the key was created with, leaving out what was left empty.
+        changes={f: [None, _jsonable(v)] for f, v in fields.items() if v not in (None, "", [])},
     )
     return api_key, raw
 
@@ -100,14 +179,120 @@ def api_key_find(key_or_prefix: str) -> APIKey:
 
 
 @transaction.atomic
+def api_key_update(*, api_key: APIKey, actor: str, **changes) -> APIKey:
+    """Change some of a key's EDITABLE_FIELDS (`expires` sets the expiry date); return the key as saved.
+
+    Compares against the stored row (locked), saves only what differs and records `{field: [old, new]}` in
+    the audit trail; a call that changes nothing writes nothing. Raises `KeyInputError` for a bad value,
+    `TypeError` for an unknown field, and `KeyStateError` when the key is revoked and a field other than owner
+    or notes would change.
+    """
+    clean = api_key_clean_fields(**changes)
+    api_key = APIKey.objects.select_for_update().get(pk=api_key.pk)
+    diff = {}
+    for field, new in clean.items():
+        old = getattr(api_key, EDITABLE_FIELDS[field])
+        if old != new:  # Decimals compare by value: 5 == 5.0000
+            diff[field] = [old, new]
+    if not diff:
+        return api_key
+    if api_key.revoked and set(diff) - EDITABLE_WHEN_REVOKED:
+        refused = ", ".join(sorted(set(diff) - EDITABLE_WHEN_REVOKED))
+        raise KeyStateError(f"Key {api_key.prefix} is revoked; its {refused} can no longer change.")
+    for field, (_, new) in diff.items():
+        setattr(api_key, EDITABLE_FIELDS[field], new)
+    api_key.save(update_fields=[EDITABLE_FIELDS[f] for f in diff] + ["updated_at"])
+    _audit(
+        actor=actor,
+        action=AuditAction.UPDATE,
+        api_key=api_key,
+        changes={f: [_jsonable(old), _jsonable(new)] for f, (old, new) in diff.items()},
+    )
+    return api_key
+
+
+def _grace_seconds(grace: timedelta | float | int) -> float:
+    seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        raise KeyInputError("grace", f"grace must be zero or more seconds (got {grace!r}).")
+    return seconds
+
+
+def api_key_rotation_check(*, api_key: APIKey, grace: timedelta | float | int, now: datetime | None = None):
+    """Why `api_key_rotate` would refuse this key and grace, without changing anything.
+
+    Returns the moment the old key would stop working. Raises `KeyInputError` for a negative grace and
+    `KeyStateError` for a revoked key, a key that was rotated already (it has a successor) or one no longer
+    usable (expired, or its grace ended). Dry runs call this.
+    """
+    seconds = _grace_seconds(grace)
+    now = now or timezone.now()
+    if api_key.revoked:
+        raise KeyStateError(f"Key {api_key.prefix} is revoked; a revoked key cannot be rotated.")
+    successor = APIKey.objects.filter(predecessor_id=api_key.pk).values_list("prefix", flat=True).first()
+    if successor is not None:
+        raise KeyStateError(f"Key {api_key.prefix} was already rotated; its successor is {successor}.")
+    if not api_key.is_usable(now):
+        raise KeyStateError(f"Key {api_key.prefix} has expired; create a new key instead.")
+    grace_until = now + timedelta(seconds=seconds)
+    return min(t for t in (grace_until, api_key.expiry_date) if t is not None)
+
+
+@transaction.atomic
+def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: str) -> tuple[APIKey, str]:
+    """Replace a key with a successor; return the successor and its raw value (shown once).
+
+    The successor copies the name, owner, notes, limits, allowed models, budget and expiry, and records its
+    predecessor. The old key keeps working until now + `grace` (a timedelta or seconds; 0 stops it at once),
+    or its own expiry if that comes first. Raises what `api_key_rotation_check` raises; nothing changes then.
+    """
+    api_key = APIKey.objects.select_for_update().get(pk=api_key.pk)
+    now = timezone.now()
+    api_key_rotation_check(api_key=api_key, grace=grace, now=now)
+    old_grace_until = api_key.grace_until
+    api_key.grace_until = now + timedelta(seconds=_grace_seconds(grace))
+    api_key.save(update_fields=["grace_until", "updated_at"])
+    successor, raw = APIKey.objects.create_key(
+        name=api_key.name,
+        owner=api_key.owner,
+        notes=api_key.notes,
+        rpm=api_key.rpm,
+        tpm=api_key.tpm,
+        max_concurrent=api_key.max_concurrent,
+        allowed_models=list(api_key.allowed_models or []),
+        expiry_date=api_key.expiry_date,
+        budget_usd=api_key.budget_usd,
+        budget_period=api_key.budget_period,
+        predecessor=api_key,
+    )
+    _audit(
+        actor=actor,
+        action=AuditAction.ROTATE,
+        api_key=api_key,
+        changes={
+            "successor": [None, successor.prefix],
+            "grace_until": [_jsonable(old_grace_until), _jsonable(api_key.grace_until)],
+            "grace_seconds": _grace_seconds(grace),
+        },
+    )
+    _audit(
+        actor=actor,
+        action=AuditAction.CREATE,
+        api_key=successor,
+        changes={"predecessor": [None, api_key.prefix]},
+    )
+    return successor, raw
+
+
+@transaction.atomic
 def api_key_revoke(*, api_key: APIKey, actor: str) -> APIKey:
-    """Revoke a key for good. Every instance refuses it within KEY_CACHE_CHECK_SECONDS. Idempotent errors:
-    revoking a revoked key raises KeyStateError and changes nothing."""
+    """Revoke a key for good. Every instance refuses it within KEY_CACHE_CHECK_SECONDS. Revoking a revoked key
+    raises KeyStateError and changes nothing."""
     api_key = APIKey.objects.select_for_update().get(pk=api_key.pk)
     if api_key.revoked:
         raise KeyStateError(f"Key {api_key.prefix} is already revoked.")
     api_key.revoked = True
     api_key.revoked_at = timezone.now()
     api_key.save(update_fields=["revoked", "revoked_at", "updated_at"])
-    _audit(actor=actor, action=AuditAction.REVOKE, api_key=api_key, changes={"revoked": True})
+    _audit(actor=actor, action=AuditAction.REVOKE, api_key=api_key, changes={"revoked": [False, True]})
     return api_key

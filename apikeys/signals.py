@@ -1,5 +1,7 @@
 """Every change to a key bumps KeyGeneration in the same transaction, whatever made it (service, admin, shell)."""
 
+import time
+
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -9,7 +11,9 @@ from .models import APIKey, KeyGeneration
 
 def key_generation_bump() -> None:
     if not KeyGeneration.objects.filter(pk=1).update(value=F("value") + 1):
-        KeyGeneration.objects.get_or_create(pk=1, defaults={"value": 1})
+        # A new row (first key ever, or the table was emptied: a restore, a test flush) starts at the clock in
+        # nanoseconds, not 1, so that it cannot equal a value some worker saw before and keep its stale cache.
+        KeyGeneration.objects.get_or_create(pk=1, defaults={"value": time.time_ns()})
 
 
 @receiver(post_save, sender=APIKey, dispatch_uid="apikeys.bump_on_save")

@@ -6,15 +6,17 @@ import time
 
 import httpx2
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.parsers import BaseParser
 
 from apikeys.authentication import BearerAPIKeyAuthentication
 
-from . import throttling
+from . import metrics, throttling
 from .asyncview import AsyncAPIView
 from .errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout, error_body_bytes
 from .outcome import RequestOutcome, outcome_finish
+from .schema import chat_completion_schema, model_list_schema
 from .tokens import estimate_completion_tokens_from_text
 from .upstream import list_models, open_chat_completion
 from .validation import parse_chat_request
@@ -39,6 +41,46 @@ def _error_event(exc: OpenAIError) -> bytes:
     return b"data: " + error_body_bytes(exc.message, exc.error_type, exc.param, exc.error_code) + b"\n\n"
 
 
+_closing_relays: set = set()  # strong references to relays being closed in the background
+
+
+class RelayStream:
+    """The SSE relay handed to `StreamingHttpResponse`, with the `close()` Django calls when the response closes.
+
+    A client that goes away while the server waits to *send* a chunk (a slow reader, the socket buffer full)
+    cancels the send, not the relay generator: left suspended at its `yield`, its accounting (settle,
+    `outcome_finish`) would wait for garbage collection, which a quiet worker may not run for a long time.
+    `close()` finishes it at once: `aclose()` for a relay that started, `abandon()` for one the client left
+    before the first chunk (the generator's own `finally` never runs then).
+    """
+
+    __slots__ = ("abandon", "agen", "started")
+
+    def __init__(self, agen, abandon):
+        self.agen = agen
+        self.abandon = abandon
+        self.started = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        self.started = True
+        return await self.agen.__anext__()
+
+    def close(self) -> None:
+        if self.started:
+            if self.agen.ag_frame is None or self.agen.ag_running:
+                return  # finished (the usual case), or finishing right now
+            coroutine = self.agen.aclose()
+        else:
+            coroutine = self.abandon()
+        task = asyncio.get_running_loop().create_task(coroutine)
+        _closing_relays.add(task)
+        task.add_done_callback(_closing_relays.discard)
+
+
+@chat_completion_schema
 class ChatCompletionCreateApi(AsyncAPIView):
     """POST /v1/chat/completions (and /api/route): authenticate, validate, limit, relay, account."""
 
@@ -52,8 +94,13 @@ class ChatCompletionCreateApi(AsyncAPIView):
         try:
             response = await self.relay(request, outcome)
         except BaseException as exc:
-            outcome.status = getattr(exc, "status_code", 500)
+            outcome.status = _status_of(exc)
             outcome.error_type = outcome.error_type or _error_type_of(exc)
+            outcome.upstream_request_id = outcome.upstream_request_id or getattr(exc, "upstream_request_id", "")
+            admission = getattr(self, "admission", None)
+            if admission is not None and isinstance(exc, OpenAIError):
+                # An upstream failure after admission still tells the client where its limits stand.
+                exc.headers = {**admission.headers, **exc.headers}
             outcome_finish(outcome)
             raise
         if not outcome.streamed:
@@ -66,20 +113,35 @@ class ChatCompletionCreateApi(AsyncAPIView):
         chat = parse_chat_request(request._request.body)
         outcome.model = chat.model
         outcome.streamed = chat.stream
+        if settings.LOG_PROMPTS:
+            outcome.prompt_messages = chat.data.get("messages")
         if not key.allows_model(chat.model):
             raise ModelNotFound(
                 f"The model `{chat.model}` does not exist or you do not have access to it.", param="model"
             )
-        admission = await throttling.admit(request=request, view=self, key=key, chat=chat, outcome=outcome)
+        self.admission = admission = await throttling.admit(
+            request=request, view=self, key=key, chat=chat, outcome=outcome
+        )
         try:
             upstream = await open_chat_completion(chat.forward_body)
         except BaseException:
             await admission.settle(outcome)
             raise
         outcome.upstream_request_id = upstream.headers.get("x-request-id", "")
+        if chat.stream and not upstream.headers.get("content-type", "").lower().startswith("text/event-stream"):
+            # A 200 that is not a stream (a proxy's HTML page, a JSON body) has started nothing: a 502 before any
+            # stream, as for a plain request, not a 200 whose only event is an error (issue 8).
+            await upstream.aclose()
+            await admission.settle(outcome)
+            raise UpstreamError(
+                "The upstream service answered a streamed request without a stream.", code="upstream_bad_response"
+            )
         if chat.stream:
             response = StreamingHttpResponse(
-                self.relay_stream(upstream, chat, admission, outcome),
+                RelayStream(
+                    self.relay_stream(upstream, chat, admission, outcome),
+                    abandon=lambda: self.abandon_stream(upstream, admission, outcome),
+                ),
                 content_type="text/event-stream",
                 headers={**SSE_HEADERS, **admission.headers},
             )
@@ -122,6 +184,7 @@ class ChatCompletionCreateApi(AsyncAPIView):
         done = False
         usage = None
         relayed_text = []
+        metrics.stream_started()
         try:
             try:
                 async for chunk in upstream.aiter_raw():
@@ -162,10 +225,12 @@ class ChatCompletionCreateApi(AsyncAPIView):
             outcome.error_type = outcome.error_type or exc.error_code or exc.error_type
             yield _error_event(exc)
         except (asyncio.CancelledError, GeneratorExit):
-            outcome.client_disconnected = True
-            outcome.error_type = outcome.error_type or "client_disconnected"
+            if not done:  # after [DONE] the client has it all: a complete request, not a disconnect
+                outcome.client_disconnected = True
+                outcome.error_type = outcome.error_type or "client_disconnected"
             raise
         finally:
+            metrics.stream_finished()
             await upstream.aclose()
             if usage is not None:
                 _take_usage(outcome, usage)
@@ -173,8 +238,27 @@ class ChatCompletionCreateApi(AsyncAPIView):
                 outcome.usage_estimated = True
                 outcome.prompt_tokens = admission.prompt_estimate
                 outcome.completion_tokens = estimate_completion_tokens_from_text(relayed_text)
-            await admission.settle(outcome)
-            outcome_finish(outcome)
+            try:
+                await admission.settle(outcome)
+            finally:
+                # The SDK hangs up as soon as it has read [DONE]: the cancellation that follows can land in
+                # settle's await (7 of 20 SDK streams on a key with a budget went unrecorded), and the request
+                # must still be reported.
+                outcome_finish(outcome)
+
+    async def abandon_stream(self, upstream, admission, outcome: RequestOutcome) -> None:
+        """Account for a stream whose client left before its first chunk was sent (see `RelayStream`)."""
+        outcome.client_disconnected = True
+        outcome.error_type = outcome.error_type or "client_disconnected"
+        try:
+            await upstream.aclose()
+        finally:
+            outcome.usage_estimated = True
+            outcome.prompt_tokens = admission.prompt_estimate
+            try:
+                await admission.settle(outcome)
+            finally:
+                outcome_finish(outcome)
 
 
 def _parse_event(event: bytes):
@@ -193,6 +277,17 @@ def _take_usage(outcome: RequestOutcome, usage: dict) -> None:
     outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
 
 
+# nginx's "client closed request": the client went away before the answer, which is no server error (a 500 here
+# would count every impatient client in the 5xx rate of the metrics and logs).
+CLIENT_CLOSED_REQUEST = 499
+
+
+def _status_of(exc) -> int:
+    if isinstance(exc, asyncio.CancelledError):
+        return CLIENT_CLOSED_REQUEST
+    return getattr(exc, "status_code", 500)
+
+
 def _error_type_of(exc) -> str:
     if isinstance(exc, OpenAIError):
         return exc.error_code or exc.error_type
@@ -201,6 +296,7 @@ def _error_type_of(exc) -> str:
     return getattr(exc, "default_code", "") or exc.__class__.__name__
 
 
+@model_list_schema
 class ModelListApi(AsyncAPIView):
     """GET /v1/models: the models this key may use, in OpenAI's list shape.
 

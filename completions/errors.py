@@ -168,7 +168,22 @@ def openai_exception_handler(exc, context):
         return error_response(500, "The server had an error while processing your request.", "server_error")
     if response.status_code >= 500:
         logger.error("request_id=%s status=%s %s", request_id, response.status_code, _message_of(response))
+    if response.status_code == 401:
+        _report_auth_failure(request, exc)
     return response
+
+
+# Called as fn(request, exc) for every 401 rendered above: metrics and the request log register here (see
+# completions/apps.py). Authentication fails before a RequestOutcome exists, so outcome.REPORTERS never sees it.
+AUTH_FAILURE_REPORTERS: list = []
+
+
+def _report_auth_failure(request, exc) -> None:
+    for reporter in AUTH_FAILURE_REPORTERS:
+        try:
+            reporter(request, exc)
+        except Exception:
+            logger.exception("auth failure reporter %s failed", reporter.__qualname__)
 
 
 def _message_of(response) -> str:

@@ -31,7 +31,11 @@ class UsageRecord(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     request_id = models.CharField(max_length=64, unique=True)
-    api_key = models.ForeignKey("apikeys.APIKey", null=True, on_delete=models.SET_NULL, related_name="usage")
+    # No database-level constraint: the usage writer's inserts then lock nothing in the key table, so they can
+    # never deadlock with key changes (or a test's TRUNCATE). Deletion still nulls the link (Django's collector).
+    api_key = models.ForeignKey(
+        "apikeys.APIKey", null=True, on_delete=models.SET_NULL, related_name="usage", db_constraint=False
+    )
     key_prefix = models.CharField(max_length=8, db_index=True)
     key_name = models.CharField(max_length=50, blank=True)
     model = models.CharField(max_length=100, blank=True)
@@ -53,8 +57,14 @@ class UsageRecord(models.Model):
 
 
 class LimitCounter(models.Model):
-    """A named counter for the database rate-limit and budget path (used when REDIS_URL is not set)."""
+    """A named counter for the database rate-limit and budget path (used when REDIS_URL is not set).
+
+    Rows (see `completions.limits.database_store`): `rpm:<prefix>` / `tpm:<prefix>` (a fixed window's count and
+    its end), `budget:<prefix>:<period>` (spend in 10⁻⁸ USD), `inflight:<prefix>` (a lock row) and one
+    `inflight:<prefix>:<request id>` per request in flight, grouped by `scope`, holding its budget reservation.
+    """
 
     name = models.CharField(max_length=200, unique=True)
+    scope = models.CharField(max_length=100, blank=True, db_index=True, help_text="Groups in-flight rows by key.")
     value = models.BigIntegerField(default=0)
     window_end = models.FloatField(default=0, help_text="Epoch seconds at which this window's count resets.")

@@ -33,6 +33,8 @@ class RequestOutcome:
     upstream_request_id: str = ""
     client_disconnected: bool = False
     finished: bool = False
+    # The request's `messages`, kept only with LOG_PROMPTS=true for the request log line (completions/logging.py).
+    prompt_messages: list | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -6,6 +6,7 @@ reserve, and every reservation is settled to the upstream's reported usage after
 """
 
 import functools
+import re
 
 import tiktoken
 
@@ -23,7 +24,9 @@ def _text_of(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        # String texts only: the parts are the client's, checked upstream; a mistyped one must not crash us (issue 8).
+        texts = (part.get("text") for part in content if isinstance(part, dict))
+        return " ".join(text for text in texts if isinstance(text, str))
     return ""
 
 
@@ -37,12 +40,22 @@ def estimate_prompt_tokens(messages: list) -> int:
             text = _text_of(message.get(name))
             if text:
                 total += len(encode(text))
-        for call in message.get("tool_calls") or ():
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict):
                 total += len(encode(str(call.get("function", ""))))
     return total
 
 
+# A non-empty string of generated text in a streamed delta: content, refusal or tool-call arguments.
+_GENERATED_TEXT = re.compile(rb'"(?:content|refusal|arguments)":\s?"(?!")')
+
+
 def estimate_completion_tokens_from_text(events: list) -> int:
-    """Completion tokens of a stream cut short: one per relayed content chunk (OpenAI sends about one each)."""
-    return sum(1 for event in events if b'"content":"' in event or b'"content": "' in event)
+    """Completion tokens of a stream cut short, from the SSE events relayed to the client.
+
+    OpenAI streams about one token per chunk, so each non-empty piece of generated text (content, refusal or
+    tool-call arguments) counts one. The opening chunk (`role` with empty content) and the finish chunk count
+    nothing.
+    """
+    return sum(len(_GENERATED_TEXT.findall(event)) for event in events)

@@ -4,6 +4,7 @@ Only the fields Tollgate relies on, or whose ranges OpenAI documents, are checke
 exactly as the client sent it, so a new OpenAI parameter needs no Tollgate release.
 """
 
+import json
 from dataclasses import dataclass
 
 import orjson
@@ -18,11 +19,16 @@ NUMERIC_RANGES = (
     ("presence_penalty", -2, 2, False),
     ("frequency_penalty", -2, 2, False),
     ("top_logprobs", 0, 20, True),
-    ("max_tokens", 1, None, True),
-    ("max_completion_tokens", 1, None, True),
+    ("max_tokens", 1, 2**31 - 1, True),
+    ("max_completion_tokens", 1, 2**31 - 1, True),
     ("seed", -(2**63), 2**63 - 1, True),
 )
 BOOLEAN_FIELDS = ("stream", "logprobs", "store", "parallel_tool_calls")
+# The fields Tollgate acts on (allowlist, limits, budgets, streaming). JSON leaves a key named twice open to either
+# reading: orjson keeps the last, a parser upstream may keep the first, so a body could pass the allowlist with one
+# model and reach the upstream with another. A body naming one of them twice is refused (issue 8).
+GUARDED_FIELDS = ("model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n")
+_GUARDED_NAMES = tuple(f'"{name}"'.encode() for name in GUARDED_FIELDS)
 
 
 @dataclass(slots=True)
@@ -39,6 +45,29 @@ class ChatRequest:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _duplicate_guarded_field(raw: bytes) -> str | None:
+    """A `GUARDED_FIELDS` name the top-level object of `raw` (valid JSON) has twice, else None.
+
+    Costs a few substring counts; only a body where a guarded name appears twice, or that has `\\u` escapes (a
+    name can be spelled with them), is parsed a second time, keeping the top-level object's pairs in order.
+    """
+    if b"\\u" not in raw and not any(raw.count(name) > 1 for name in _GUARDED_NAMES):
+        return None
+    try:
+        # The hook turns every object into its list of pairs; the top-level object's is the result.
+        pairs = json.loads(raw, object_pairs_hook=lambda pairs: pairs)
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
+    except ValueError as exc:  # what orjson accepted but the standard parser does not (none known)
+        raise InvalidRequest(f"We could not parse the JSON body of your request ({exc}).") from None
+    seen = set()
+    for name, _ in pairs:
+        if name in GUARDED_FIELDS and name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -58,6 +87,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    duplicate = _duplicate_guarded_field(raw)
+    if duplicate is not None:
+        raise InvalidRequest(f"The request body names '{duplicate}' more than once.", param=duplicate)
 
     model = data.get("model")
     if "model" not in data:
@@ -88,9 +120,12 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         value = data.get(field)
         if value is None:
             continue
-        if not _is_number(value) or (integer and not isinstance(value, int)):
+        # JSON has one number type: 2.0 is an integer to JSON Schema (and to OpenAI), 2.5 is not.
+        if not _is_number(value) or (integer and not (isinstance(value, int) or value.is_integer())):
             kind = "an integer" if integer else "a number"
             raise InvalidRequest(f"'{field}' must be {kind}.", param=field)
+        if integer and isinstance(value, float):
+            data[field] = value = int(value)  # for Tollgate's own arithmetic; the bytes forwarded are unchanged
         if (low is not None and value < low) or (high is not None and value > high):
             bound = f">= {low}" if high is None else f"between {low} and {high}"
             raise InvalidRequest(f"'{field}' must be {bound}; got {value}.", param=field)

@@ -1,8 +1,11 @@
 from django.contrib import admin
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.negotiation import DefaultContentNegotiation
 
 from completions.apis import ChatCompletionCreateApi, ModelListApi
 from completions.health import healthz, readyz
+from completions.metrics import metrics_view
 
 urlpatterns = [
     path("v1/chat/completions", ChatCompletionCreateApi.as_view(), name="chat-completions"),
@@ -11,6 +14,19 @@ urlpatterns = [
     path("v1/models", ModelListApi.as_view(), name="models"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
+    # The project's API negotiation ignores Accept and ?format (completions/negotiation.py); the schema view
+    # needs DRF's own to answer JSON or YAML as asked.
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(content_negotiation_class=DefaultContentNegotiation),
+        name="schema",
+    ),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", content_negotiation_class=DefaultContentNegotiation),
+        name="docs",
+    ),
     path("admin/", admin.site.urls),
 ]
 

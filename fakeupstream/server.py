@@ -51,6 +51,8 @@ __all__ = ["FakeUpstream", "RequestRecord", "new_event_loop", "serve_in_thread"]
 
 #: Default size of the request ring buffer.
 RECORD_LIMIT = 2000
+#: Bodies are recorded up to this many bytes (bounds the ring buffer's memory); see ``body_truncated``.
+RECORD_BODY_LIMIT = 1 << 20
 #: Listen backlog: large enough for thousands of clients connecting at once (capped by somaxconn).
 BACKLOG = 4096
 #: Seconds that in-flight requests get to finish when the server stops; then they are cancelled.
@@ -72,6 +74,7 @@ class RequestRecord:
 
     __slots__ = (
         "body",
+        "body_size",
         "chunks_sent",
         "completed",
         "cut",
@@ -95,7 +98,8 @@ class RequestRecord:
         self.path = request.path
         self.query = request.query_string
         self.raw_headers = request.raw_headers
-        self.body = body
+        self.body = body[:RECORD_BODY_LIMIT]
+        self.body_size = len(body)
         self.status: int | None = None
         self.stream = False
         self.chunks_sent = 0
@@ -110,7 +114,8 @@ class RequestRecord:
 
         ``headers`` maps lower-case names to values (repeated headers joined with ``", "``).  ``body`` is
         the raw body decoded as UTF-8 with ``body_encoding`` ``"utf-8"``, or base64 with ``"base64"`` when
-        it is not valid UTF-8; ``json`` is the parsed body, or ``None`` when it is not JSON.
+        it is not valid UTF-8; ``json`` is the parsed body, or ``None`` when it is not JSON.  Bodies over
+        :data:`RECORD_BODY_LIMIT` bytes are kept truncated (``body_truncated``; ``body_size`` = full size).
         """
         headers: dict[str, str] = {}
         for raw_name, raw_value in self.raw_headers:
@@ -134,6 +139,8 @@ class RequestRecord:
             "headers": headers,
             "body": body,
             "body_encoding": encoding,
+            "body_size": self.body_size,
+            "body_truncated": self.body_size > len(self.body),
             "json": parsed,
             "status": self.status,
             "stream": self.stream,

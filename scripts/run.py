@@ -41,7 +41,8 @@ def main() -> int:
         os.environ["OPENAI_BASE_URL"] = f"http://127.0.0.1:{args.upstream_port}/v1"
         print(
             "\n*** OPENAI_API_KEY is not set: answers come from the bundled FAKE upstream "
-            f"({os.environ['OPENAI_BASE_URL']}), which echoes your last message. Set OPENAI_API_KEY for real answers.\n",
+            f"({os.environ['OPENAI_BASE_URL']}), which echoes your last message.\n"
+            "    Set OPENAI_API_KEY for real answers.\n",
             flush=True,
         )
 

@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,6 +23,19 @@ import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the browser tests (gitignored)
+# Debian's Chromium: Playwright cannot download its own browser here.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 UPSTREAM_KEY = "sk-upstream-secret-of-the-company-0123456789"
 
 
@@ -176,6 +191,19 @@ def start_gateway(django_db_setup, django_db_blocker, fake_upstream, server_logs
 
 
 @pytest.fixture
+def chromium() -> Path:
+    """The browser for Playwright tests: skipped when absent, a failure in CI (TOLLGATE_REQUIRE_BROWSER=1)."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver"
+        if os.environ.get("TOLLGATE_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    return CHROMIUM
+
+
+@pytest.fixture
 def make_key(transactional_db):
     """Create committed keys through the service: `make_key(name="x", rpm=40, ...) -> (APIKey, raw)`."""
     from apikeys.services import api_key_create
@@ -226,3 +254,198 @@ def assert_openai_error(response, status: int, *, type_=None, code=None, param=N
         assert error["param"] == param, error
     assert re.fullmatch(r"req_[0-9a-f]{32}", response.headers.get("x-request-id", "")), response.headers
     return error
+
+
+# -- reliability helpers (issue 8): worker processes, steady load, recovery times ----------------------------------
+
+
+def child_pids(pid: int) -> set[int]:
+    """The pids of the processes whose parent is `pid`, read from /proc."""
+    children = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        # The command name (field 2) may contain spaces: the parent pid is the 2nd field after its ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.add(int(entry.name))
+    return children
+
+
+def worker_pids(server: ServerProcess, expected: int, timeout: float = 30.0) -> set[int]:
+    """The pids of a gunicorn master's worker processes, once all `expected` of them are running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = child_pids(server.process.pid)
+        if len(pids) == expected:
+            return pids
+        assert time.monotonic() < deadline, f"{len(pids)} workers running, expected {expected}"
+        time.sleep(0.1)
+
+
+def openai_error_problem(response) -> str:
+    """An empty string when `response` is an OpenAI-shaped error (see assert_openai_error), else its problem."""
+    try:
+        assert_openai_error(response, response.status_code)
+    except (AssertionError, ValueError, KeyError, TypeError) as exc:
+        return f"not an OpenAI error: {exc!r}: {response.text[:300]!r}"
+    return ""
+
+
+@dataclass(slots=True)
+class Sent:
+    """One request of a `SteadyLoad`, as its client saw it."""
+
+    target: int  # index of the URL it went to
+    kind: str  # "plain" or "stream"
+    started: float  # time.monotonic()
+    finished: float
+    status: int  # the HTTP status; 0 = no answer (connection refused, reset, timeout)
+    request_id: str
+    problem: str  # "" when the answer is what its status promises (a whole answer, an OpenAI error), else why not
+    code: str = ""  # the error's `code` for an OpenAI-shaped error
+
+
+class SteadyLoad:
+    """Steady traffic from background threads until `stop()`: each thread sends one chat completion after another
+    (every `stream_every`-th one streamed) to `urls[thread % len(urls)]`, pausing `pause` s between them.
+
+    With `fresh_connections` each request opens a new connection (`Connection: close`), so consecutive requests
+    land on every worker of a gunicorn instance. A 200 counts only if the answer is whole (a plain body with
+    choices; a stream with `[DONE]` and no error event); any other status must be an OpenAI-shaped error, else
+    `problem` says what was wrong. `stop()` returns every request's `Sent`, in the order they started.
+    """
+
+    def __init__(
+        self,
+        urls,
+        raw_key: str,
+        *,
+        threads: int = 4,
+        pause: float = 0.0,
+        stream_every: int = 2,
+        model: str = "gpt-4o-mini",
+        fake: dict | None = None,
+        stream_fake: dict | None = None,
+        timeout: float = 30.0,
+        fresh_connections: bool = True,
+    ):
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.raw_key = raw_key
+        self.threads = threads
+        self.pause = pause
+        self.stream_every = stream_every
+        self.model = model
+        self.fake = fake
+        self.stream_fake = stream_fake
+        self.timeout = timeout
+        self.fresh_connections = fresh_connections
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sent: list[Sent] = []
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> "SteadyLoad":
+        for index in range(self.threads):
+            thread = threading.Thread(target=self._run, args=(index,), name=f"steady-load-{index}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def stop(self) -> list[Sent]:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(self.timeout + 10)
+        assert not any(thread.is_alive() for thread in self._workers), "a load thread did not finish"
+        return self.sent()
+
+    def sent(self) -> list[Sent]:
+        with self._lock:
+            return sorted(self._sent, key=lambda s: s.started)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _run(self, index: int) -> None:
+        target = index % len(self.urls)
+        headers = {"Authorization": f"Bearer {self.raw_key}"}
+        if self.fresh_connections:
+            headers["Connection"] = "close"
+        with httpx.Client(base_url=self.urls[target], headers=headers, timeout=self.timeout) as session:
+            number = index  # threads start at different points of the plain/stream rotation
+            while not self._stop.is_set():
+                stream = bool(self.stream_every) and number % self.stream_every == self.stream_every - 1
+                number += 1
+                sent = self._one(session, target, stream, f"steady {index}-{number}")
+                with self._lock:
+                    self._sent.append(sent)
+                if self.pause:
+                    self._stop.wait(self.pause)
+
+    def _one(self, session: httpx.Client, target: int, stream: bool, text: str) -> Sent:
+        body = {"model": self.model, "messages": [{"role": "user", "content": text}], "stream": stream}
+        fake = self.stream_fake if stream else self.fake
+        if fake:
+            body["fake"] = fake
+        started = time.monotonic()
+        status, request_id, problem, code = 0, "", "", ""
+        try:
+            with session.stream("POST", "/v1/chat/completions", json=body) as response:
+                status = response.status_code
+                request_id = response.headers.get("x-request-id", "")
+                response.read()
+                if status != 200:
+                    problem = openai_error_problem(response)
+                    code = "" if problem else str(response.json()["error"]["code"])
+                elif stream:
+                    text = response.text
+                    if "data: [DONE]" not in text or 'data: {"error"' in text:
+                        problem = f"incomplete stream: {text[-300:]!r}"
+                elif not response.json().get("choices"):
+                    problem = f"no choices: {response.text[:300]!r}"
+        except (httpx.HTTPError, ValueError) as exc:
+            problem = problem or f"{type(exc).__name__}: {exc}"
+        kind = "stream" if stream else "plain"
+        return Sent(target, kind, started, time.monotonic(), status, request_id, problem, code)
+
+
+def seconds_until_steady(sent: list[Sent], since: float, good=lambda s: s.status == 200 and not s.problem):
+    """Seconds from `since` (time.monotonic()) until every request started from then on was `good`: the start of
+    the first request after `since` that begins an unbroken good run to the end. None if the last one failed."""
+    after = [s for s in sent if s.started >= since]
+    first_good = None
+    for s in after:
+        first_good = (first_good or s) if good(s) else None
+    return None if first_good is None else max(first_good.started - since, 0.0)
+
+
+def server_password_hash(password: str) -> str:
+    """A password hash the live servers accept: the test settings hash with MD5 (fast), which the base settings
+    do not list; PBKDF2 with few iterations (a server upgrades it on login)."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+    from django.utils.crypto import get_random_string
+
+    return PBKDF2PasswordHasher().encode(password, get_random_string(16), iterations=1000)
+
+
+def admin_login(base_url: str, username: str, password: str) -> tuple[httpx.Client, httpx.Response]:
+    """Log in to a live server's admin through its form, CSRF token and all, as a browser does. Returns the
+    session (cookies kept; the caller closes it) and the answer to the login POST (302 when it worked)."""
+    session = httpx.Client(base_url=base_url, timeout=30)
+    session.get("/admin/login/?next=/admin/").raise_for_status()
+    response = session.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            "username": username,
+            "password": password,
+            "next": "/admin/",
+        },
+    )
+    return session, response

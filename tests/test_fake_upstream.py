@@ -209,7 +209,7 @@ def test_auth_and_models(upstream: str, client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini"]
 
 
-def test_cut_after_chunks(client: openai.OpenAI) -> None:
+def test_cut_after_chunks(upstream: str, client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="m", messages=MESSAGES, stream=True, extra_body={"fake": {"chunks": 5, "cut_after_chunks": 2}}
     )
@@ -218,6 +218,8 @@ def test_cut_after_chunks(client: openai.OpenAI) -> None:
         for chunk in stream:
             received.append(chunk.choices[0].delta.content)
     assert received == ["", "tok0 ", "tok1 "], caught.value
+    record = get_json(upstream + "/_fake/requests")[-1]
+    assert (record["cut"], record["chunks_sent"], record["completed"]) == (True, 2, False)
 
 
 def test_client_disconnect_is_seen_promptly(upstream: str) -> None:
@@ -266,13 +268,16 @@ def test_request_recording(upstream: str, client: openai.OpenAI) -> None:
     assert json.loads(record["body"]) == record["json"] == {"model": "gpt-4o", "messages": MESSAGES}
 
 
-def test_serve_in_thread() -> None:
-    base, stop = serve_in_thread()
+def test_serve_in_thread_without_recording() -> None:
+    base, stop = serve_in_thread(record=False)
     try:
         assert base.startswith("http://127.0.0.1:") and not base.endswith(":0")
         client = openai.OpenAI(base_url=base + "/v1", api_key="any", max_retries=0)
         completion = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         assert completion.choices[0].message.content == "echo: hi"
+        assert get_json(base + "/_fake/requests") == []
+        assert stats(base) == {"open_streams": 0, "completed": 1, "client_disconnects": 0}
+        assert json.loads(fetch("DELETE", base + "/_fake/stats")[2])["completed"] == 0
     finally:
         stop()
     stop()  # idempotent

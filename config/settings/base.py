@@ -1,5 +1,9 @@
 """Settings shared by every environment. The zero-setup defaults (SQLite, no Redis) live here."""
 
+import warnings
+
+from django.core.exceptions import ImproperlyConfigured
+
 from config.env import BASE_DIR, env
 
 # CORE
@@ -17,6 +21,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_api_key",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "axes",
     "apikeys",
     "completions",
 ]
@@ -26,6 +33,7 @@ INSTALLED_APPS = [
 # instead: Django's MiddlewareMixin classes cost two thread hops per request under ASGI.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.request_id_middleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -33,12 +41,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out admin login into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 API_MIDDLEWARE = [
     "config.middleware.request_id_middleware",
 ]
 # Paths served by the lean API handler (prefix match).
-API_PATH_PREFIXES = ("/v1/", "/api/route", "/healthz", "/readyz")
+API_PATH_PREFIXES = ("/v1/", "/api/route", "/healthz", "/readyz", "/metrics")
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -97,8 +107,10 @@ OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=600.0)
 OPENAI_CONNECT_TIMEOUT = env.float("OPENAI_CONNECT_TIMEOUT", default=10.0)
 # Upstream connections per worker process; 1,000+ concurrent streams each hold one.
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=4096)
-# "aiohttp" (default, measured faster) or "httpx": the transport under the openai SDK.
-UPSTREAM_HTTP_CLIENT = env("UPSTREAM_HTTP_CLIENT", default="aiohttp")
+# How completions are sent: "sdk" (default: the openai SDK client's own HTTP client and connection pool, aiohttp
+# transport, with the request prepared once per worker), "aiohttp" (a separate aiohttp pool: ~10-20% more
+# throughput, bypasses the SDK's client) or "httpx" (an httpx2 pool). README, Performance.
+UPSTREAM_HTTP_CLIENT = env.str("UPSTREAM_HTTP_CLIENT", default="sdk")
 
 # REQUESTS
 MAX_REQUEST_BODY_MB = env.float("MAX_REQUEST_BODY_MB", default=20.0)
@@ -109,6 +121,39 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # How often each worker checks whether any key changed (revoked, rotated, edited); bounds how long a
 # revoked key can keep working on an instance that cached it.
 KEY_CACHE_CHECK_SECONDS = env.float("KEY_CACHE_CHECK_SECONDS", default=0.25)
+
+# USAGE RECORDS
+# Written by a background thread per worker in batches (completions/usage.py), never on the request path.
+USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.2)
+USAGE_BATCH_SIZE = env.int("USAGE_BATCH_SIZE", default=500)
+# Records held in memory while the database is unreachable; past this the oldest are written to the error log.
+USAGE_MAX_BUFFERED = env.int("USAGE_MAX_BUFFERED", default=100_000)
+
+# RATE LIMITS (completions/throttling.py, completions/limits/; README "Rate limits")
+# Project-wide defaults for keys whose own field is empty; unset = unlimited.
+RATE_LIMIT_DEFAULT_RPM = env.int("RATE_LIMIT_DEFAULT_RPM", default=None)
+RATE_LIMIT_DEFAULT_TPM = env.int("RATE_LIMIT_DEFAULT_TPM", default=None)
+RATE_LIMIT_DEFAULT_MAX_CONCURRENT = env.int("RATE_LIMIT_DEFAULT_MAX_CONCURRENT", default=None)
+# Completion tokens reserved against tokens/min for a request that sets no max_tokens/max_completion_tokens
+# (capped to what the key's limit leaves after the prompt); settled to the real usage afterwards.
+RATE_LIMIT_DEFAULT_MAX_TOKENS = env.int("RATE_LIMIT_DEFAULT_MAX_TOKENS", default=1024)
+# Limiter store unreachable: false = answer 503 (nothing passes unmetered), true = admit and log a warning.
+RATE_LIMIT_FAIL_OPEN = env.bool("RATE_LIMIT_FAIL_OPEN", default=False)
+# Seconds a limiter call to Redis may take before the store counts as down (connect and read).
+RATE_LIMIT_REDIS_TIMEOUT = env.float("RATE_LIMIT_REDIS_TIMEOUT", default=0.5)
+# An in-flight slot (concurrency, budget reservation) whose worker never settled it (crash, kill -9) is
+# dropped after this long; longer than any request can legitimately take.
+RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS = env.float("RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS", default=OPENAI_TIMEOUT + 60)
+RATE_LIMIT_REDIS_PREFIX = env("RATE_LIMIT_REDIS_PREFIX", default="tollgate")
+
+# BUDGETS AND PRICES (completions/pricing.py; prices are ModelPrice rows, editable in the admin)
+# How often each worker reloads the price table (the request path itself never queries it).
+PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=5.0)
+# Price for a model no ModelPrice row matches, USD per million tokens. 0 = such requests cost nothing and
+# are not held back by budgets (a warning is logged once per model and process): price every model you allow.
+PRICE_FALLBACK_INPUT_PER_MILLION = env.float("PRICE_FALLBACK_INPUT_PER_MILLION", default=0.0)
+PRICE_FALLBACK_OUTPUT_PER_MILLION = env.float("PRICE_FALLBACK_OUTPUT_PER_MILLION", default=0.0)
+PRICE_FALLBACK_MAX_OUTPUT_TOKENS = env.int("PRICE_FALLBACK_MAX_OUTPUT_TOKENS", default=16384)
 
 # AUTH (admin users)
 AUTH_PASSWORD_VALIDATORS = [
@@ -126,6 +171,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "completions.negotiation.AnyAcceptNegotiation",
     "EXCEPTION_HANDLER": "completions.errors.openai_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -137,19 +183,85 @@ USE_TZ = True
 
 # STATIC
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic writes (the Docker image builds it in; a read-only deployment may point elsewhere).
+STATIC_ROOT = env("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+# WhiteNoise serves /static/ from the app directories without collectstatic here; production serves the
+# compressed, hashed copies collectstatic builds into STATIC_ROOT (config/settings/production.py).
+WHITENOISE_USE_FINDERS = True
+# Before any collectstatic STATIC_ROOT does not exist, and WhiteNoise would warn about it in every worker.
+warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 # LOGGING
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+# "plain" (one readable line) or "json" (one JSON object per line, the production default).
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}.")
+# Put each request's `messages` in its log line. Off by default: prompts are the users' data.
+LOG_PROMPTS = env.bool("LOG_PROMPTS", default=False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"()": "completions.logging.PlainFormatter"},
+        "json": {"()": "completions.logging.JSONFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # The SDK logs request headers at DEBUG; keep it quiet so no key can reach a log line.
         "openai": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the SDK's transport: one INFO line per upstream call otherwise
+        # Django logs every 4xx as a WARNING ("Not Found: /v1/chat/completions"); the request line says more.
+        "django.request": {"level": "ERROR"},
     },
+}
+
+# METRICS (GET /metrics, Prometheus text format; completions/metrics.py)
+# Label request, token and rejection metrics by key prefix: one time series per key, so off by default.
+METRICS_PER_KEY = env.bool("METRICS_PER_KEY", default=False)
+# When set, /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+# SECURITY (admin login): django-axes locks a username out from an address after repeated failures.
+# The database handler counts attempts in the shared database, so every worker and instance agrees.
+AUTHENTICATION_BACKENDS = [
+    "config.auth_backends.AdminLoginBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# Hours; a float (0.25 = 15 minutes).
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Not verbose: no startup banner in every process, and failure lines carry only the lockout parameters.
+AXES_VERBOSE = False
+# The client address is REMOTE_ADDR only (never a client-sent X-Forwarded-For, which would let an attacker
+# pick a new address per attempt); behind a load balancer gunicorn's FORWARDED_ALLOW_IPS fills it in.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+
+# OPENAPI (drf-spectacular: /api/schema/, Swagger UI at /api/docs/; completions/schema.py)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tollgate API",
+    "DESCRIPTION": (
+        "A self-hosted gateway in front of the OpenAI API. Requests and answers are OpenAI's own "
+        "(`POST /v1/chat/completions`); Tollgate adds per-key authentication, rate limits and budgets."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its UI are public documentation: no API key needed to read them.
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Served from the drf-spectacular-sidecar package: no CDN (and no internet) needed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "completions.schema.describe_stream_options_rule",
+    ],
 }

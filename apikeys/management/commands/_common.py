@@ -1,8 +1,9 @@
 """Helpers shared by the key commands: strict argument types that fail with a one-line message."""
 
 import argparse
+import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from django.core.management.base import BaseCommand
 from django.utils import timezone
@@ -42,8 +43,43 @@ def iso_datetime(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO-8601 date or date-time, got {value!r}") from None
     if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, timezone.utc)
+        moment = timezone.make_aware(moment, UTC)
     return moment
+
+
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(\d+)([dhms])")
+
+
+def duration(value: str) -> timedelta:
+    """`90d`, `12h`, `30m` or `45s` (days, hours, minutes, seconds) as a timedelta."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90d, 12h, 30m or 45s, got {value!r}")
+    return timedelta(seconds=int(match[1]) * DURATION_UNITS[match[2]])
+
+
+def grace_seconds(value: str) -> timedelta:
+    """A grace period: whole seconds (`3600`) or a duration (`1h`); never negative."""
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        seconds = int(text)
+        if seconds < 0:
+            raise argparse.ArgumentTypeError(f"grace must not be negative, got {seconds}")
+        return timedelta(seconds=seconds)
+    try:
+        return duration(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a grace period in seconds (or like 1h, 30m), got {value!r}"
+        ) from None
+
+
+def expiry(value: str) -> datetime:
+    """An ISO-8601 date or date-time, or a duration from now (`30d`)."""
+    if _DURATION.fullmatch(value.strip().lower()):
+        return timezone.now() + duration(value)
+    return iso_datetime(value)
 
 
 class NoRepeatAction(argparse.Action):

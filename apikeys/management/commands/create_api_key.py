@@ -1,5 +1,5 @@
-"""`manage.py create_api_key NAME [--rpm N] [--tpm N] [--max-concurrent N] [--models a,b] [--expires ISO-8601]
-[--budget-usd X] [--budget-period day|month|total] [--owner TEXT]`
+"""`manage.py create_api_key NAME [--rpm N] [--tpm N] [--max-concurrent N] [--models a,b] [--expires ISO-8601|30d]
+[--budget-usd X] [--budget-period day|month|total] [--owner TEXT] [--notes TEXT]`
 
 Prints the raw key as the last line of stdout (and nothing else there); everything else goes to stderr.
 """
@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 
 from apikeys.services import api_key_create
 
-from ._common import KeyCommand, NoRepeatAction, iso_datetime, non_negative_int
+from ._common import KeyCommand, NoRepeatAction, expiry, non_negative_int
 
 
 def budget(value: str) -> Decimal:
@@ -36,12 +36,18 @@ class Command(KeyCommand):
             "--max-concurrent", type=non_negative_int, action=NoRepeatAction, help="concurrent requests"
         )
         parser.add_argument("--models", action=NoRepeatAction, help="comma-separated allowed models (default all)")
-        parser.add_argument("--expires", type=iso_datetime, action=NoRepeatAction, help="ISO-8601 expiry")
+        parser.add_argument(
+            "--expires",
+            type=expiry,
+            action=NoRepeatAction,
+            help="expiry: ISO-8601 date-time (UTC when no offset) or a duration from now (90d, 12h, 30m, 45s)",
+        )
         parser.add_argument("--budget-usd", type=budget, action=NoRepeatAction, help="spend cap in USD")
         parser.add_argument(
             "--budget-period", choices=["day", "month", "total"], default="month", action=NoRepeatAction
         )
         parser.add_argument("--owner", default="", action=NoRepeatAction)
+        parser.add_argument("--notes", default="", action=NoRepeatAction)
 
     def handle(self, *args, **options):
         models = [m for m in (options["models"] or "").split(",") if m.strip()]
@@ -50,6 +56,7 @@ class Command(KeyCommand):
                 name=options["name"],
                 actor="command:create_api_key",
                 owner=options["owner"],
+                notes=options["notes"],
                 rpm=options["rpm"],
                 tpm=options["tpm"],
                 max_concurrent=options["max_concurrent"],

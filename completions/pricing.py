@@ -1,0 +1,201 @@
+"""Model prices, and what a request costs (or could cost at worst) under them.
+
+Prices are `ModelPrice` rows (USD per million input and output tokens, editable in the admin; a migration seeds
+OpenAI's list prices as defaults). Each worker keeps the whole table in memory (`PriceBook`) and reloads it
+every `PRICE_CACHE_SECONDS` in the background, so the request path never queries the database for a price.
+
+Matching: the row whose `model` equals the request's model, else the longest one that is a prefix of it ending
+at a `-` (`gpt-4o` prices `gpt-4o-2024-08-06`, but `gpt-4` does not price `gpt-4o`); of that model's rows, the
+one in force at the request's time (latest `effective_from` not after it; the earliest row if none was yet).
+A model no row matches is priced at `PRICE_FALLBACK_*_PER_MILLION` (default 0, with a warning logged once per
+model and process): price every model you allow, or a budget cannot hold such requests back.
+
+Money that limits count with is an integer of `MONEY_UNITS_PER_USD` (10⁻⁸ USD, the precision of
+`UsageRecord.cost_usd`): exact in Redis' integers and in Lua's doubles up to about 90 million USD.
+"""
+
+import asyncio
+import bisect
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+logger = logging.getLogger("tollgate.pricing")
+
+MILLION = Decimal(1_000_000)
+MONEY_UNITS_PER_USD = 10**8
+COST_QUANTUM = Decimal("0.00000001")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    model: str
+    input_per_million: Decimal
+    output_per_million: Decimal
+    max_output_tokens: int
+    effective_from: float  # epoch seconds; -inf for the fallback
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """USD for these token counts, rounded to 10⁻⁸ USD."""
+        raw = (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / MILLION
+        return raw.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def usd_to_units(amount: Decimal, *, round_up: bool = False) -> int:
+    """USD as an integer count of 10⁻⁸ USD (rounded half up, or up for a reservation)."""
+    scaled = Decimal(amount) * MONEY_UNITS_PER_USD
+    return int(scaled.to_integral_value(rounding=ROUND_CEILING if round_up else ROUND_HALF_UP))
+
+
+def units_to_usd(units: int) -> Decimal:
+    return (Decimal(units) / MONEY_UNITS_PER_USD).quantize(COST_QUANTUM)
+
+
+class PriceBook:
+    """The price table of one process. `price_for` is pure memory; `load` reads the table (call off the loop)."""
+
+    timer = time.monotonic
+
+    def __init__(self, check_seconds: float):
+        self.check_seconds = check_seconds
+        # model -> (effective_from epochs ascending, prices in the same order)
+        self._rows: dict[str, tuple[list[float], list[Price]]] = {}
+        self._loaded_at = float("-inf")
+        self._loaded = False
+        self._refreshing = False
+        self._first_load = None  # the load shared by concurrent first requests
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def refresh_due(self) -> bool:
+        return self.timer() - self._loaded_at >= self.check_seconds
+
+    def load(self) -> None:
+        """Replace the table with the database's (raises DatabaseError; the old table stays then)."""
+        from django.db import DatabaseError, connection
+
+        from .models import ModelPrice
+
+        with self._lock:
+            rows: dict[str, tuple[list[float], list[Price]]] = {}
+            try:
+                found = list(ModelPrice.objects.order_by("model", "effective_from"))
+            except DatabaseError:
+                connection.close()  # a broken connection is replaced on this thread's next load
+                raise
+            for row in found:
+                price = Price(
+                    model=row.model,
+                    input_per_million=row.input_per_million,
+                    output_per_million=row.output_per_million,
+                    max_output_tokens=row.max_output_tokens,
+                    effective_from=row.effective_from.timestamp(),
+                )
+                starts, prices = rows.setdefault(row.model, ([], []))
+                starts.append(price.effective_from)
+                prices.append(price)
+            self._rows = rows
+            self._loaded = True
+            self._loaded_at = self.timer()
+
+    async def aensure_fresh(self) -> None:
+        """Load the table if this process never did; start a background reload when it is due."""
+        if not self._loaded:
+            # Concurrent first requests share one load (a cold worker under load would otherwise run dozens).
+            if self._first_load is None:
+                self._first_load = asyncio.ensure_future(sync_to_async(self.load, thread_sensitive=False)())
+            first_load = self._first_load
+            try:
+                await asyncio.shield(first_load)
+            except Exception:
+                # Price with the fallback until the database answers; retried on the next request.
+                logger.exception("prices: could not load the price table")
+            finally:
+                if self._first_load is first_load and first_load.done():
+                    self._first_load = None
+            return
+        if self._refreshing or not self.refresh_due():
+            return
+        self._refreshing = True
+        task = asyncio.get_running_loop().create_task(self._refresh())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _refresh(self) -> None:
+        try:
+            await sync_to_async(self.load, thread_sensitive=False)()
+        except Exception:
+            self._loaded_at = self.timer()  # keep the old table; try again after check_seconds
+            logger.warning("prices: could not reload the price table, keeping the cached one")
+        finally:
+            self._refreshing = False
+
+    def price_for(self, model: str, at: datetime | float | None = None) -> Price:
+        """The price of `model` in force at `at` (default now); the fallback price if no row matches."""
+        when = at.timestamp() if isinstance(at, datetime) else (time.time() if at is None else at)
+        rows = self._rows
+        candidate = model
+        while True:
+            found = rows.get(candidate)
+            if found is not None:
+                starts, prices = found
+                index = bisect.bisect_right(starts, when) - 1
+                return prices[max(index, 0)]
+            cut = candidate.rfind("-")
+            if cut <= 0:
+                break
+            candidate = candidate[:cut]
+        return self._fallback(model)
+
+    def _fallback(self, model: str) -> Price:
+        if model not in self._warned and len(self._warned) < 1000:
+            self._warned.add(model)
+            logger.warning(
+                "prices: no ModelPrice row matches model %r; pricing it at the fallback (%s/%s USD per 1M tokens)",
+                model,
+                settings.PRICE_FALLBACK_INPUT_PER_MILLION,
+                settings.PRICE_FALLBACK_OUTPUT_PER_MILLION,
+            )
+        return Price(
+            model="",
+            input_per_million=Decimal(str(settings.PRICE_FALLBACK_INPUT_PER_MILLION)),
+            output_per_million=Decimal(str(settings.PRICE_FALLBACK_OUTPUT_PER_MILLION)),
+            max_output_tokens=settings.PRICE_FALLBACK_MAX_OUTPUT_TOKENS,
+            effective_from=float("-inf"),
+        )
+
+
+_background: set = set()
+_price_book: PriceBook | None = None
+
+
+def get_price_book() -> PriceBook:
+    global _price_book
+    if _price_book is None:
+        _price_book = PriceBook(settings.PRICE_CACHE_SECONDS)
+    return _price_book
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, at: datetime | None = None) -> Decimal:
+    """What a request cost: its tokens at the price of `model` in force at `at`, in USD (10⁻⁸ precision)."""
+    return get_price_book().price_for(model, at).cost(prompt_tokens, completion_tokens)
+
+
+def worst_case_cost_usd(
+    model: str, prompt_tokens: int, max_output_tokens: int | None, choices: int = 1, at: datetime | None = None
+) -> Decimal:
+    """The most a request can cost: its prompt, plus `max_output_tokens` (else the price row's maximum) for each
+    of `choices` completions."""
+    price = get_price_book().price_for(model, at)
+    output = max_output_tokens if max_output_tokens is not None else price.max_output_tokens
+    return price.cost(prompt_tokens, output * max(choices, 1))

@@ -1,0 +1,306 @@
+"""The OpenAPI description of the API (drf-spectacular): bearer auth, bodies, streaming, errors, limit headers.
+
+The views read and forward raw bytes, so nothing here validates a request: these serializers only describe, for
+`/api/schema/` and its Swagger UI, what `completions.validation` accepts and what the upstream answers. Keep them
+true to both: a schema-driven fuzz test sends what they promise is valid. Every request object allows fields
+beyond those listed (OpenAI adds parameters often; they are forwarded as they come). Types and ranges are
+stated only where Tollgate checks them; the other fields are described but left open, for the upstream to judge.
+"""
+
+from django.core.validators import RegexValidator
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers
+
+
+class BearerAPIKeyScheme(OpenApiAuthenticationExtension):
+    """`apikeys.authentication.BearerAPIKeyAuthentication` as an HTTP bearer security scheme."""
+
+    target_class = "apikeys.authentication.BearerAPIKeyAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": (
+                "A Tollgate API key (`prefix.secret`, issued by `manage.py create_api_key` or the admin), sent as "
+                "`Authorization: Bearer <key>` exactly as the OpenAI SDKs send their key. Never in the query string."
+            ),
+        }
+
+
+# Request
+
+
+@extend_schema_field({})
+class AnyJSONField(serializers.JSONField):
+    """Any JSON value, forwarded unchanged (the upstream validates it)."""
+
+
+class ChatMessageSerializer(serializers.Serializer):
+    role = serializers.CharField(min_length=1, help_text="`system`, `developer`, `user`, `assistant` or `tool`.")
+    content = AnyJSONField(
+        required=False, help_text="Text, or an array of content parts (text, image_url, input_audio, file), or null."
+    )
+    name = AnyJSONField(required=False, help_text="A participant name (a string).")
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        help_text="Add a last chunk with `usage` (and empty `choices`). Tollgate always asks the upstream for it "
+        "and hides it unless you ask too.",
+    )
+
+
+class ChatCompletionCreateSerializer(serializers.Serializer):
+    """The main fields of OpenAI's CreateChatCompletionRequest, with the ranges Tollgate checks."""
+
+    model = serializers.CharField(
+        validators=[RegexValidator(r"\S")], help_text="Model id, e.g. `gpt-4o-mini`; must be allowed for the key."
+    )
+    messages = serializers.ListField(child=ChatMessageSerializer(), min_length=1)
+    stream = serializers.BooleanField(
+        required=False, allow_null=True, help_text="`true`: the answer is a `text/event-stream` of chunks."
+    )
+    stream_options = StreamOptionsSerializer(
+        required=False, allow_null=True, help_text="Only allowed with `stream: true`."
+    )
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=128)
+    # The upper bounds are the ones completions/validation.py enforces (found by schemathesis, issue 8).
+    max_tokens = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="Deprecated by OpenAI for max_completion_tokens.",
+    )
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    logprobs = serializers.BooleanField(required=False, allow_null=True)
+    top_logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=20)
+    seed = serializers.IntegerField(required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1)
+    store = serializers.BooleanField(required=False, allow_null=True)
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+    stop = AnyJSONField(required=False, help_text="Up to 4 sequences (a string or an array of strings).")
+    user = AnyJSONField(required=False, help_text="An end-user id (a string), for OpenAI's abuse monitoring.")
+    tools = AnyJSONField(required=False)
+    tool_choice = AnyJSONField(required=False)
+    response_format = AnyJSONField(required=False)
+
+
+# Responses (as the upstream sends them: Tollgate relays the bytes unchanged)
+
+
+class ResponseMessageSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField(allow_null=True)
+    refusal = serializers.CharField(required=False, allow_null=True)
+    tool_calls = serializers.ListField(child=serializers.DictField(), required=False)
+
+
+class ChoiceSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = ResponseMessageSerializer()
+    finish_reason = serializers.CharField(
+        allow_null=True, help_text="`stop`, `length`, `tool_calls`, `content_filter` or `function_call`."
+    )
+    logprobs = serializers.DictField(required=False, allow_null=True)
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class ChatCompletionSerializer(serializers.Serializer):
+    """OpenAI's CreateChatCompletionResponse (`object: chat.completion`)."""
+
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="Always `chat.completion`.")
+    created = serializers.IntegerField(help_text="Unix time, seconds.")
+    model = serializers.CharField()
+    choices = ChoiceSerializer(many=True)
+    usage = UsageSerializer(required=False)
+    system_fingerprint = serializers.CharField(required=False, allow_null=True)
+    service_tier = serializers.CharField(required=False, allow_null=True)
+
+
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of a streamed answer (OpenAPI 3.0 describes an event stream by the schema of each event)."""
+
+    data = serializers.CharField(
+        allow_blank=True,
+        help_text='A `chat.completion.chunk` as JSON; `{"error": {...}}` for a failure after the stream began; '
+        "`[DONE]` last.",
+    )
+    event = serializers.CharField(required=False)
+    id = serializers.CharField(required=False)
+    retry = serializers.IntegerField(required=False)
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="Always `model`.")
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="Always `list`.")
+    data = ModelSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField(help_text="e.g. `invalid_request_error`, `requests`, `tokens`, `server_error`.")
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorResponseSerializer(serializers.Serializer):
+    """OpenAI's error shape, on every error Tollgate answers."""
+
+    error = ErrorSerializer()
+
+
+# Headers
+
+RATE_LIMIT_HEADERS = [
+    OpenApiParameter(
+        name=f"x-ratelimit-{part}-{kind}",
+        type=OpenApiTypes.STR if part == "reset" else OpenApiTypes.INT,
+        location=OpenApiParameter.HEADER,
+        # After admission: on answers and on the 429 itself, never on a request refused before the limiter.
+        response=[200, 429],
+        description=description.format(kind=kind),
+    )
+    for kind in ("requests", "tokens")
+    for part, description in (
+        ("limit", "The key's {kind} per minute (present when the key has that limit)."),
+        ("remaining", "How many {kind} are left in the current minute."),
+        ("reset", "Time until the {kind} limit is fully available again, in OpenAI's form (`1s`, `6m0s`, `250ms`)."),
+    )
+]
+RESPONSE_HEADERS = [
+    OpenApiParameter(
+        name="x-request-id",
+        type=OpenApiTypes.STR,
+        location=OpenApiParameter.HEADER,
+        response=True,
+        description="Tollgate's id for the request (`req_` + 32 hex digits), also in its log line.",
+    ),
+    *RATE_LIMIT_HEADERS,
+    OpenApiParameter(
+        name="retry-after",
+        type=OpenApiTypes.INT,
+        location=OpenApiParameter.HEADER,
+        response=[429],
+        description="Whole seconds until a retry can pass (rate limits).",
+    ),
+    OpenApiParameter(
+        name="x-should-retry",
+        type=OpenApiTypes.STR,
+        location=OpenApiParameter.HEADER,
+        response=[429],
+        description="`false` when the key's budget is spent: the SDKs then do not retry.",
+    ),
+]
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=ErrorResponseSerializer, description=description)
+
+
+AUTH_ERRORS = {
+    401: _error("Missing, malformed, unknown, revoked or expired API key (code `invalid_api_key`)."),
+    503: _error("Tollgate cannot check the key or its limits right now (code `service_unavailable`)."),
+}
+UPSTREAM_ERRORS = {
+    500: _error("An unexpected error in Tollgate (type `server_error`)."),
+    502: _error("The upstream failed, refused our credentials or sent an invalid answer (code `upstream_error`)."),
+    504: _error("The upstream did not answer within OPENAI_TIMEOUT (code `upstream_timeout`)."),
+}
+
+OK_DESCRIPTION = (
+    "Without `stream` (or `stream: false`): the completion as JSON. With `stream: true`: Server-Sent Events, "
+    "one `data: <chat.completion.chunk JSON>` event per chunk, ended by "
+    "`data: [DONE]`. With `stream_options.include_usage`, a last chunk with empty `choices` carries `usage`. "
+    'A failure after the stream has started arrives as a last `data: {"error": {...}}` event.'
+)
+
+chat_completion_schema = extend_schema(
+    summary="Create a chat completion",
+    description=(
+        "OpenAI's `POST /chat/completions`, relayed to the upstream after authentication, validation, the "
+        "model allowlist, rate limits and budget. The body is forwarded unchanged (plus "
+        "`stream_options.include_usage` for streams); the answer comes back unchanged. `/api/route` is the same "
+        "endpoint under its original name."
+    ),
+    tags=["chat"],
+    request=ChatCompletionCreateSerializer,
+    parameters=RESPONSE_HEADERS,
+    responses={
+        (200, "application/json"): OpenApiResponse(response=ChatCompletionSerializer, description=OK_DESCRIPTION),
+        (200, "text/event-stream"): OpenApiResponse(response=ServerSentEventSerializer, description=OK_DESCRIPTION),
+        400: _error("Invalid JSON or parameters (`param` names the field); type `invalid_request_error`."),
+        **AUTH_ERRORS,
+        404: _error("The model is not allowed for this key or does not exist (code `model_not_found`)."),
+        409: _error("Passed through from the upstream."),
+        413: _error("The body is larger than MAX_REQUEST_BODY_MB (code `request_too_large`)."),
+        415: _error("Passed through from the upstream."),
+        422: _error("Passed through from the upstream."),
+        429: _error(
+            "A rate limit (type `requests` or `tokens`, code `rate_limit_exceeded`, with `retry-after`), a spent "
+            "budget (type and code `insufficient_quota`, `x-should-retry: false`), or the upstream's own 429."
+        ),
+        **UPSTREAM_ERRORS,
+    },
+    examples=[
+        OpenApiExample(
+            "Hello",
+            value={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]},
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Streamed, with usage",
+            value={
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": "Hello"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            request_only=True,
+        ),
+    ],
+)
+
+model_list_schema = extend_schema(
+    summary="List models",
+    description="The models this key may use (its allowlist), or the upstream's list for a key without one.",
+    tags=["models"],
+    parameters=RESPONSE_HEADERS[:1],
+    responses={200: ModelListSerializer, **AUTH_ERRORS, **UPSTREAM_ERRORS},
+)
+
+
+def describe_stream_options_rule(result, generator, request, public):
+    """POSTPROCESSING_HOOKS entry: `stream_options` (unless null) needs `stream: true`, as validation enforces.
+
+    Serializers cannot say that one field depends on another; the rule is added to the request component here.
+    """
+    request_schema = result.get("components", {}).get("schemas", {}).get("ChatCompletionCreateRequest")
+    if request_schema is not None:
+        request_schema["anyOf"] = [
+            {"not": {"required": ["stream_options"]}},
+            {"properties": {"stream_options": {"nullable": True, "enum": [None]}}},
+            {"required": ["stream"], "properties": {"stream": {"enum": [True]}}},
+        ]
+    return result

@@ -13,6 +13,9 @@ from rest_framework.views import APIView
 class AsyncAPIView(APIView):
     """An APIView whose handlers are `async def`. Throttles are checked by the handler itself (see `apis.py`)."""
 
+    # No OPTIONS metadata (DRF would describe the view, docstring included): OPTIONS is a 405 like other methods.
+    metadata_class = None
+
     async def dispatch(self, request, *args, **kwargs):
         self.args = args
         self.kwargs = kwargs

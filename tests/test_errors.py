@@ -191,7 +191,7 @@ def test_unknown_paths_are_json_404(http, path):
     assert_openai_error(response, 404, type_="invalid_request_error")
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
 def test_wrong_method_is_json_405(http, auth, method):
     response = http.request(method, CHAT, headers=auth)
     assert_openai_error(response, 405, type_="invalid_request_error")

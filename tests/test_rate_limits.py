@@ -450,3 +450,13 @@ def test_drf_interface_allow_request_and_wait_use_the_same_store():
     assert (
         Throttle().allow_request(SimpleNamespace(auth=SimpleNamespace(prefix="x", lineage="x", rpm=None)), None) is True
     )
+
+
+def test_huge_prompts_are_estimated_without_tokenizing():
+    """Tokenizing runs on the event loop: a 4 MB prompt is bounded by characters instead (over, never under)."""
+    from completions.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_REPLY, estimate_prompt_tokens
+
+    text = "word " * 800_000  # 800,000 tokens to tiktoken
+    estimate = estimate_prompt_tokens([{"role": "user", "content": text}])
+    assert estimate == -(-len(text) // 3) + TOKENS_PER_MESSAGE + TOKENS_PER_REPLY  # one token per 3 chars
+    assert estimate >= 800_000

@@ -51,7 +51,7 @@ def main() -> int:
         manage("collectstatic", "--noinput", "-v", "0")
         password = secrets.token_urlsafe(12)
         created = subprocess.run(
-            [PY, "manage.py", "shell", "-c", (
+            [PY, "manage.py", "shell", "-v", "0", "-c", (
                 "from django.contrib.auth import get_user_model as g; U=g(); "
                 "import sys; exists=U.objects.filter(username='admin').exists(); "
                 f"exists or U.objects.create_superuser('admin', '', '{password}'); sys.stdout.write(str(exists))"

@@ -403,6 +403,24 @@ class APIKeyAdmin(admin.ModelAdmin):
             },
         )
 
+    def _action_page(self, request, action: str, *, keys, eligible, refused, **context):
+        """The rotate/revoke page for the keys that can take the step; back to the list (saying why) if none can."""
+        if not eligible:
+            for _key, reason in refused:
+                self.message_user(request, reason, messages.ERROR)
+            if not keys:
+                self.message_user(request, "No such key.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:apikeys_apikey_changelist"))
+        return self._page(
+            request,
+            f"admin/apikeys/apikey/{action}.html",
+            title=f"{action.capitalize()} API key{'s' if len(eligible) > 1 else ''}",
+            keys=eligible,
+            refused=refused,
+            prefixes=",".join(k.prefix for k in eligible),
+            **context,
+        )
+
     def rotate_view(self, request):
         """GET: the keys and a grace-period form. POST: rotate each key, then show the new keys once."""
         if not self.has_change_permission(request):
@@ -440,21 +458,7 @@ class APIKeyAdmin(admin.ModelAdmin):
             if items:
                 return self._redirect_to_reveal(request, items)
             return HttpResponseRedirect(reverse("admin:apikeys_apikey_changelist"))
-        if not rotatable:
-            for _key, reason in refused:
-                self.message_user(request, reason, messages.ERROR)
-            if not keys:
-                self.message_user(request, "No such key.", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:apikeys_apikey_changelist"))
-        return self._page(
-            request,
-            "admin/apikeys/apikey/rotate.html",
-            title="Rotate API keys" if len(rotatable) > 1 else "Rotate API key",
-            keys=rotatable,
-            refused=refused,
-            form=form,
-            prefixes=",".join(k.prefix for k in rotatable),
-        )
+        return self._action_page(request, "rotate", keys=keys, eligible=rotatable, refused=refused, form=form)
 
     def revoke_view(self, request):
         """GET: a confirmation page. POST: revoke each key."""
@@ -475,20 +479,7 @@ class APIKeyAdmin(admin.ModelAdmin):
                 message = f"Revoked {', '.join(done)}. Every instance refuses revoked keys within a second."
                 self.message_user(request, message, messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:apikeys_apikey_changelist"))
-        if not revocable:
-            for _, reason in refused:
-                self.message_user(request, reason, messages.ERROR)
-            if not keys:
-                self.message_user(request, "No such key.", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:apikeys_apikey_changelist"))
-        return self._page(
-            request,
-            "admin/apikeys/apikey/revoke.html",
-            title="Revoke API keys" if len(revocable) > 1 else "Revoke API key",
-            keys=revocable,
-            refused=refused,
-            prefixes=",".join(k.prefix for k in revocable),
-        )
+        return self._action_page(request, "revoke", keys=keys, eligible=revocable, refused=refused)
 
     @method_decorator(never_cache)
     def reveal_view(self, request):

@@ -140,24 +140,6 @@ def translate_error_response(response: httpx2.Response) -> OpenAIError:
     return UpstreamError(f"The upstream service failed with status {status}.")
 
 
-def translate_connection_error(exc: openai.APIConnectionError) -> OpenAIError:
-    """504 for an upstream that stayed silent past OPENAI_TIMEOUT; 502 for one that could not be reached.
-
-    The SDK's aiohttp transport (openai 3.x, vendored httpx_aiohttp) maps a refused connection
-    (aiohttp.ClientConnectorError) to ConnectTimeout, so the cause chain is checked, not just the class.
-    """
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, (aiohttp.ClientConnectorError, ConnectionError)):
-            logger.warning("upstream connection failed: %s", cause)
-            return UpstreamError("Could not connect to the upstream service.")
-        cause = cause.__cause__
-    if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeout(f"The upstream service did not answer within {settings.OPENAI_TIMEOUT:g} s.")
-    logger.warning("upstream connection failed: %s", exc.__cause__ or exc)
-    return UpstreamError("Could not connect to the upstream service.")
-
-
 async def open_chat_completion(body: bytes) -> httpx2.Response:
     """POST `body` (already-valid JSON bytes) to the upstream's /chat/completions; return the unread response.
 
@@ -308,14 +290,19 @@ class AiohttpResponseStream(httpx2.AsyncByteStream):
 
 
 def translate_transport_error(exc: BaseException) -> OpenAIError:
-    """504 for an upstream silent past OPENAI_TIMEOUT (or unreachable within OPENAI_CONNECT_TIMEOUT); else 502."""
+    """504 for an upstream silent past OPENAI_TIMEOUT (or unreachable within OPENAI_CONNECT_TIMEOUT); else 502.
+
+    Takes the poster's transport errors and the SDK's `APIConnectionError`/`APITimeoutError` alike. The cause
+    chain is checked, not just the class: the SDK's aiohttp transport (openai 3.x, vendored httpx_aiohttp) maps a
+    refused connection (aiohttp.ClientConnectorError) to ConnectTimeout.
+    """
     cause = exc
     while cause is not None:
         if isinstance(cause, (aiohttp.ClientConnectorError, httpx2.ConnectError, ConnectionError)):
             logger.warning("upstream connection failed: %s", cause)
             return UpstreamError("Could not connect to the upstream service.")
         cause = cause.__cause__
-    if isinstance(exc, (TimeoutError, httpx2.TimeoutException)):
+    if isinstance(exc, (TimeoutError, httpx2.TimeoutException, openai.APITimeoutError)):
         return UpstreamTimeout(f"The upstream service did not answer within {settings.OPENAI_TIMEOUT:g} s.")
     logger.warning("upstream connection failed: %s", exc)
     return UpstreamError("Could not connect to the upstream service.")
@@ -329,5 +316,5 @@ async def list_models() -> bytes:
     except openai.APIStatusError as exc:
         raise translate_status_error(exc) from None
     except openai.APIConnectionError as exc:
-        raise translate_connection_error(exc) from None
+        raise translate_transport_error(exc) from None
     return response.content

@@ -271,7 +271,7 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="usage (last 30 days)")
     def usage_panel(self, obj):
-        from completions.dashboard import key_usage_panel
+        from usage.dashboard import key_usage_panel
 
         return key_usage_panel(obj) or "-"
 

@@ -13,7 +13,7 @@ from django.db.utils import DatabaseError
 from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.authentication import BaseAuthentication
 
-from completions.errors import InvalidAPIKey, ServiceUnavailable
+from core.errors import InvalidAPIKey, ServiceUnavailable
 
 from .keycache import KeySnapshot, get_key_cache, key_digest
 

@@ -46,10 +46,10 @@ def main() -> None:
     call_command("migrate", verbosity=0)
 
     from apikeys.keycache import KeySnapshot
-    from completions import pricing, throttling
-    from completions.limits import get_limit_store
-    from completions.outcome import RequestOutcome
     from completions.validation import parse_chat_request
+    from core.outcome import RequestOutcome
+    from metering import get_limit_store, throttling
+    from usage import pricing
 
     pricing.get_price_book().load()
     store = get_limit_store()

@@ -11,11 +11,12 @@ from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.parsers import BaseParser
 
 from apikeys.authentication import BearerAPIKeyAuthentication
+from core import metrics
+from core.asyncview import AsyncAPIView
+from core.errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout, error_body_bytes
+from core.outcome import RequestOutcome, outcome_finish
+from metering import throttling
 
-from . import metrics, throttling
-from .asyncview import AsyncAPIView
-from .errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout, error_body_bytes
-from .outcome import RequestOutcome, outcome_finish
 from .schema import chat_completion_schema, model_list_schema
 from .tokens import estimate_completion_tokens_from_text
 from .upstream import list_models, open_chat_completion

@@ -21,7 +21,7 @@ import httpx2
 import openai
 from django.conf import settings
 
-from .errors import OpenAIError, UpstreamError, UpstreamTimeout
+from core.errors import OpenAIError, UpstreamError, UpstreamTimeout
 
 logger = logging.getLogger("tollgate.upstream")
 

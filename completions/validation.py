@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .errors import InvalidRequest
+from core.errors import InvalidRequest
 
 # (field, minimum, maximum, integer only)
 NUMERIC_RANGES = (

@@ -36,9 +36,10 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 from django.urls import get_resolver, set_script_prefix  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
-from completions import lifecycle, upstream  # noqa: E402
-from completions.errors import error_body_bytes  # noqa: E402
+from completions import upstream  # noqa: E402
 from config.middleware import new_request_id  # noqa: E402
+from core import lifecycle  # noqa: E402
+from core.errors import error_body_bytes  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 

@@ -39,7 +39,7 @@ def on_starting(server):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
-# Prometheus multiprocess mode (completions/metrics.py): each worker writes its samples to files in
+# Prometheus multiprocess mode (core/metrics.py): each worker writes its samples to files in
 # PROMETHEUS_MULTIPROC_DIR and /metrics sums them. The variable must be set before a worker imports
 # prometheus_client, so it is set here, in the arbiter, before the first fork; nothing here imports it earlier.
 _created_prometheus_dir = None

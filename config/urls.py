@@ -4,8 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.negotiation import DefaultContentNegotiation
 
 from completions.apis import ChatCompletionCreateApi, ModelListApi
-from completions.health import healthz, readyz
-from completions.metrics import metrics_view
+from core.health import healthz, readyz
+from core.metrics import metrics_view
 
 urlpatterns = [
     path("v1/chat/completions", ChatCompletionCreateApi.as_view(), name="chat-completions"),
@@ -15,7 +15,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
-    # The project's API negotiation ignores Accept and ?format (completions/negotiation.py); the schema view
+    # The project's API negotiation ignores Accept and ?format (core/negotiation.py); the schema view
     # needs DRF's own to answer JSON or YAML as asked.
     path(
         "api/schema/",
@@ -30,7 +30,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-handler400 = "completions.errors.json_400"
-handler403 = "completions.errors.json_403"
-handler404 = "completions.errors.json_404"
-handler500 = "completions.errors.json_500"
+handler400 = "core.errors.json_400"
+handler403 = "core.errors.json_403"
+handler404 = "core.errors.json_404"
+handler500 = "core.errors.json_500"

@@ -35,7 +35,7 @@ TOKEN_USD = Decimal("0.001")
 
 @pytest.fixture
 def priced_model(transactional_db):
-    from completions.models import ModelPrice
+    from usage.models import ModelPrice
 
     model = f"budget-test-{uuid.uuid4().hex[:8]}"
     ModelPrice.objects.create(
@@ -126,7 +126,7 @@ def test_reservations_settle_to_the_real_cost(env, priced_model, make_key, start
 
 @pytest.mark.parametrize("env", STORES)
 def test_spend_already_recorded_in_the_database_counts(env, priced_model, make_key, start_gateway):
-    from completions.models import UsageRecord
+    from usage.models import UsageRecord
 
     key, raw = make_key(name="budget-recorded", budget_usd=Decimal("1.00"), budget_period="total")
     UsageRecord.objects.create(
@@ -143,7 +143,7 @@ def test_spend_already_recorded_in_the_database_counts(env, priced_model, make_k
 
 
 def test_request_cost_is_the_usage_at_the_price_of_the_model(priced_model, make_key, gateway):
-    from completions.models import UsageRecord
+    from usage.models import UsageRecord
 
     _, raw = make_key(name="cost")
     # The shared gateway reloads prices every PRICE_CACHE_SECONDS: retry until it knows the new model.
@@ -169,8 +169,8 @@ def test_request_cost_is_the_usage_at_the_price_of_the_model(priced_model, make_
 
 
 def _book(*rows):
-    from completions.models import ModelPrice
-    from completions.pricing import PriceBook
+    from usage.models import ModelPrice
+    from usage.pricing import PriceBook
 
     for model, input_price, output_price, start in rows:
         ModelPrice.objects.create(
@@ -193,7 +193,7 @@ def test_the_longest_matching_model_prefix_wins(db):
 
 
 def test_the_price_in_force_at_the_time_of_the_request_applies(db):
-    from completions.pricing import PriceBook
+    from usage.pricing import PriceBook
 
     book = _book(
         ("zz-model", 10, 40, datetime(2024, 1, 1, tzinfo=UTC)),
@@ -222,10 +222,10 @@ def test_an_unknown_model_is_priced_at_the_fallback_with_a_warning(db, settings,
 def test_default_prices_cover_current_openai_models(db):
     from django.apps import apps
 
-    from completions.models import ModelPrice
-    from completions.pricing import PriceBook
+    from usage.models import ModelPrice
+    from usage.pricing import PriceBook
 
-    migration = importlib.import_module("completions.migrations.0003_seed_model_prices")
+    migration = importlib.import_module("completions.migrations.0003_seed_model_prices")  # seeds through the historic app
     ModelPrice.objects.all().delete()
     migration.seed(apps, None)
     book = PriceBook(check_seconds=60)

@@ -21,9 +21,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from completions.dashboard import key_usage_panel
-from completions.models import UsageRecord
 from tests.conftest import ARTIFACTS, CHROMIUM_ARGS
+from usage.dashboard import key_usage_panel
+from usage.models import UsageRecord
 
 # (input, output) USD per million tokens, for the seeded history.
 PRICES = {"gpt-4o": (Decimal("2.50"), Decimal("10")), "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60"))}
@@ -87,7 +87,7 @@ def staff_client(transactional_db):
 
 
 def test_dashboard_is_for_staff_with_the_view_permission(transactional_db, staff_client):
-    url = reverse("admin:completions_usagerecord_dashboard")
+    url = reverse("admin:usage_usagerecord_dashboard")
     assert Client().get(url).status_code == 302  # anonymous: to the login page
     staff = get_user_model().objects.create_user("staff", "s@example.com", "pw-for-tests-only", is_staff=True)
     limited = Client()
@@ -106,7 +106,7 @@ def test_dashboard_embeds_its_data_and_loads_nothing_from_elsewhere(make_key, st
     UsageRecord.objects.all().delete()
     api_key, _ = make_key(name="dash-key")
     seed_history([(api_key, ["gpt-4o-mini"], 20)], days=3)
-    html = staff_client.get(reverse("admin:completions_usagerecord_dashboard")).content.decode()
+    html = staff_client.get(reverse("admin:usage_usagerecord_dashboard")).content.decode()
     data = json.loads(
         re.search(r'<script id="usage-dashboard-data" type="application/json">(.*?)</script>', html).group(1)
     )
@@ -115,7 +115,7 @@ def test_dashboard_embeds_its_data_and_loads_nothing_from_elsewhere(make_key, st
     assert sum(data["daily"]["throttled"]) == records.filter(status=429).count()
     assert data["top_keys"]["labels"] == [f"dash-key ({api_key.prefix})"]
     sources = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', html)
-    assert any(s.endswith("completions/vendor/chart.umd.min.js") for s in sources)
+    assert any(s.endswith("usage/vendor/chart.umd.min.js") for s in sources)
     assert not [s for s in sources if s.startswith(("http:", "https:", "//"))]
 
 
@@ -230,11 +230,11 @@ def test_key_page_and_dashboard_render_their_charts(chromium, gateway, fake_upst
             page.screenshot(path=str(ARTIFACTS / "key-change-page.png"), full_page=True)
             page.locator(".tg-usage").screenshot(path=str(ARTIFACTS / "key-usage-panel.png"))
 
-            page.goto(f"{gateway.url}{reverse('admin:completions_usagerecord_key', args=[support.prefix])}")
+            page.goto(f"{gateway.url}{reverse('admin:usage_usagerecord_key', args=[support.prefix])}")
             assert_charts_drawn(page, expected=3)
             page.screenshot(path=str(ARTIFACTS / "key-usage-page.png"), full_page=True)
 
-            page.goto(f"{gateway.url}{reverse('admin:completions_usagerecord_dashboard')}")
+            page.goto(f"{gateway.url}{reverse('admin:usage_usagerecord_dashboard')}")
             charts = assert_charts_drawn(page, expected=6)
             assert {(c["kind"], c["part"]) for c in charts} == {
                 ("requests-by-outcome", "daily"),
@@ -264,31 +264,31 @@ def test_key_usage_page_and_filtered_records(make_key, staff_client):
     api_key, _ = make_key(name="paged")
     other, _ = make_key(name="other")
     seed_history([(api_key, ["gpt-4o-mini"], 8), (other, ["gpt-4o"], 8)], days=2)
-    page = staff_client.get(reverse("admin:completions_usagerecord_key", args=[api_key.prefix]))
+    page = staff_client.get(reverse("admin:usage_usagerecord_key", args=[api_key.prefix]))
     assert page.status_code == 200
     html = page.content.decode()
     assert "Usage of paged" in html and 'data-usage-chart="budget"' not in html  # no cap: no budget bar
-    assert staff_client.get(reverse("admin:completions_usagerecord_key", args=["nosuchpx"])).status_code == 404
-    listing = staff_client.get(reverse("admin:completions_usagerecord_changelist"), {"key_prefix": api_key.prefix})
+    assert staff_client.get(reverse("admin:usage_usagerecord_key", args=["nosuchpx"])).status_code == 404
+    listing = staff_client.get(reverse("admin:usage_usagerecord_changelist"), {"key_prefix": api_key.prefix})
     assert listing.status_code == 200
     shown = listing.context["cl"].result_list
     assert shown and {r.key_prefix for r in shown} == {api_key.prefix}
     # Read-only: no add, no change, no delete.
     record = UsageRecord.objects.filter(key_prefix=api_key.prefix).first()
-    assert staff_client.get(reverse("admin:completions_usagerecord_add")).status_code == 403
-    change = staff_client.post(reverse("admin:completions_usagerecord_change", args=[record.pk]), {"status": 500})
+    assert staff_client.get(reverse("admin:usage_usagerecord_add")).status_code == 403
+    change = staff_client.post(reverse("admin:usage_usagerecord_change", args=[record.pk]), {"status": 500})
     assert change.status_code == 403
     record.refresh_from_db()
     assert record.status != 500
 
 
 def test_model_prices_are_edited_in_the_admin(staff_client):
-    from completions.models import ModelPrice
+    from usage.models import ModelPrice
 
     price = ModelPrice.objects.create(
         model="gpt-test", input_per_million=Decimal("1"), output_per_million=Decimal("2"), max_output_tokens=1000
     )
-    url = reverse("admin:completions_modelprice_change", args=[price.pk])
+    url = reverse("admin:usage_modelprice_change", args=[price.pk])
     form = staff_client.get(url)
     assert form.status_code == 200
     response = staff_client.post(
@@ -307,4 +307,4 @@ def test_model_prices_are_edited_in_the_admin(staff_client):
     assert (price.input_per_million, price.output_per_million, price.max_output_tokens) == (
         Decimal("1.25"), Decimal("5"), 4096,
     )  # fmt: skip
-    assert staff_client.get(reverse("admin:completions_modelprice_changelist")).status_code == 200
+    assert staff_client.get(reverse("admin:usage_modelprice_changelist")).status_code == 200

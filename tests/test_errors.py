@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from completions.errors import json_500
+from core.errors import json_500
 from tests.conftest import assert_openai_error, free_port
 
 CHAT = "/v1/chat/completions"

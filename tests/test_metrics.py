@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from completions.metrics import MAX_MODEL_LABELS
+from core.metrics import MAX_MODEL_LABELS
 
 MODEL = "gpt-4o-mini"
 
@@ -180,7 +180,7 @@ def test_rejections_by_limit_kind_and_budget(start_gateway, make_key, transactio
 
     from django.utils import timezone
 
-    from completions.models import ModelPrice
+    from usage.models import ModelPrice
 
     model = f"metrics-priced-{secrets.token_hex(4)}"
     ModelPrice.objects.create(

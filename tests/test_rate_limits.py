@@ -275,15 +275,15 @@ def test_the_sdks_own_retries_count_against_the_limit(gateway, make_key, fake_up
 
 
 def _ticket(prefix, request_id, **limits):
-    from completions.limits import LimitTicket
+    from metering import LimitTicket
 
     return LimitTicket(key_prefix=prefix, request_id=request_id, **limits)
 
 
 @needs_redis
 def test_redis_window_slides_request_by_request():
-    from completions.limits import ADMITTED, REFUSED_REQUESTS
-    from completions.limits.redis_store import RedisLimitStore
+    from metering import ADMITTED, REFUSED_REQUESTS
+    from metering.redis_store import RedisLimitStore
 
     store = RedisLimitStore(REDIS_URL)
     clock = [1_000_000.0]
@@ -314,8 +314,8 @@ def test_redis_window_slides_request_by_request():
 
 @needs_redis
 def test_redis_tokens_window_frees_each_requests_tokens_when_it_leaves():
-    from completions.limits import ADMITTED, REFUSED_TOKENS
-    from completions.limits.redis_store import RedisLimitStore
+    from metering import ADMITTED, REFUSED_TOKENS
+    from metering.redis_store import RedisLimitStore
 
     store = RedisLimitStore(REDIS_URL)
     clock = [2_000_000.0]
@@ -344,8 +344,8 @@ def test_redis_tokens_window_frees_each_requests_tokens_when_it_leaves():
 
 
 def test_database_store_uses_a_fixed_window_anchored_at_the_first_request(transactional_db):
-    from completions.limits import ADMITTED, REFUSED_REQUESTS
-    from completions.limits.database_store import DatabaseLimitStore
+    from metering import ADMITTED, REFUSED_REQUESTS
+    from metering.database_store import DatabaseLimitStore
 
     store = DatabaseLimitStore()
     prefix = uuid.uuid4().hex[:8]
@@ -357,7 +357,7 @@ def test_database_store_uses_a_fixed_window_anchored_at_the_first_request(transa
 
 
 def test_reset_durations_are_written_as_openai_writes_them():
-    from completions.throttling import format_duration, retry_after_seconds
+    from metering.throttling import format_duration, retry_after_seconds
 
     assert [format_duration(ms) for ms in (0, 250, 1000, 1500, 12_345, 60_000, 360_000, 3_600_000)] == [
         "0s", "250ms", "1s", "1.5s", "12.345s", "1m0s", "6m0s", "1h0m0s",
@@ -432,8 +432,8 @@ def test_limits_resume_by_themselves_when_redis_comes_back(make_key, start_gatew
 def test_drf_interface_allow_request_and_wait_use_the_same_store():
     from types import SimpleNamespace
 
-    from completions.limits.redis_store import RedisLimitStore
-    from completions.throttling import RequestRateThrottle
+    from metering.redis_store import RedisLimitStore
+    from metering.throttling import RequestRateThrottle
 
     store = RedisLimitStore(REDIS_URL)
 

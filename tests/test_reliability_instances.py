@@ -24,9 +24,9 @@ from django.contrib.auth import get_user_model
 from django.db.models import Sum
 
 from apikeys.models import APIKey
-from completions.models import UsageRecord
 from completions.tokens import estimate_prompt_tokens
 from tests.conftest import Gateway, SteadyLoad, admin_login, seconds_until_steady, server_password_hash
+from usage.models import UsageRecord
 
 pytestmark = pytest.mark.slow
 

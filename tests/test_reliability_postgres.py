@@ -196,11 +196,11 @@ def test_postgres_restarted_under_load(store, outage, postgres, start_gateway):
         stored = {
             row[0]
             for row in conn.execute(
-                "SELECT request_id FROM completions_usagerecord WHERE request_id = ANY(%s)", (list(ok_ids),)
+                "SELECT request_id FROM usage_usagerecord WHERE request_id = ANY(%s)", (list(ok_ids),)
             )
         }
         records_503 = conn.execute(
-            "SELECT count(*) FROM completions_usagerecord WHERE key_name = %s AND status = 503",
+            "SELECT count(*) FROM usage_usagerecord WHERE key_name = %s AND status = 503",
             (f"restart-{store}-{outage}",),
         ).fetchone()[0]
     lost = ok_ids - stored

@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
-from completions.models import UsageRecord
 from tests.conftest import Gateway, assert_openai_error
+from usage.models import UsageRecord
 
 CHAT = "/v1/chat/completions"
 TIMEOUT = 2.0  # OPENAI_TIMEOUT of the module's gateway

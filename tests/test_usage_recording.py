@@ -21,10 +21,10 @@ from django.db import connection
 from apikeys.keycache import KeySnapshot
 from apikeys.models import APIKey, KeyGeneration
 from completions.apis import RelayStream
-from completions.models import UsageRecord
-from completions.outcome import RequestOutcome
-from completions.usage import UsageWriter, capture
+from core.outcome import RequestOutcome
 from fakeupstream.completions import parse_chat_request as fake_parse
+from usage.models import UsageRecord
+from usage.writer import UsageWriter, capture
 
 
 def wait_for_records(count: int, timeout: float = 20.0, **filters) -> list[UsageRecord]:

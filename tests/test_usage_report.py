@@ -16,8 +16,8 @@ from django.core.management.base import CommandError
 
 from apikeys.models import APIKey
 from apikeys.services import api_key_create
-from completions.models import UsageRecord
 from tests.conftest import ROOT, server_database_url
+from usage.models import UsageRecord
 
 COLUMNS = ["key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
 

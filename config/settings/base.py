@@ -24,7 +24,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "core",
     "apikeys",
+    "metering",
+    "usage",
     "completions",
 ]
 
@@ -123,13 +126,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 KEY_CACHE_CHECK_SECONDS = env.float("KEY_CACHE_CHECK_SECONDS", default=0.25)
 
 # USAGE RECORDS
-# Written by a background thread per worker in batches (completions/usage.py), never on the request path.
+# Written by a background thread per worker in batches (usage/writer.py), never on the request path.
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.2)
 USAGE_BATCH_SIZE = env.int("USAGE_BATCH_SIZE", default=500)
 # Records held in memory while the database is unreachable; past this the oldest are written to the error log.
 USAGE_MAX_BUFFERED = env.int("USAGE_MAX_BUFFERED", default=100_000)
 
-# RATE LIMITS (completions/throttling.py, completions/limits/; README "Rate limits")
+# RATE LIMITS (metering/throttling.py, metering/; README "Rate limits")
 # Project-wide defaults for keys whose own field is empty; unset = unlimited.
 RATE_LIMIT_DEFAULT_RPM = env.int("RATE_LIMIT_DEFAULT_RPM", default=None)
 RATE_LIMIT_DEFAULT_TPM = env.int("RATE_LIMIT_DEFAULT_TPM", default=None)
@@ -146,7 +149,7 @@ RATE_LIMIT_REDIS_TIMEOUT = env.float("RATE_LIMIT_REDIS_TIMEOUT", default=0.5)
 RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS = env.float("RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS", default=OPENAI_TIMEOUT + 60)
 RATE_LIMIT_REDIS_PREFIX = env("RATE_LIMIT_REDIS_PREFIX", default="tollgate")
 
-# BUDGETS AND PRICES (completions/pricing.py; prices are ModelPrice rows, editable in the admin)
+# BUDGETS AND PRICES (usage/pricing.py; prices are ModelPrice rows, editable in the admin)
 # How often each worker reloads the price table (the request path itself never queries it).
 PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=5.0)
 # Price for a model no ModelPrice row matches, USD per million tokens. 0 = such requests cost nothing and
@@ -169,8 +172,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "completions.negotiation.AnyAcceptNegotiation",
-    "EXCEPTION_HANDLER": "completions.errors.openai_exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.negotiation.AnyAcceptNegotiation",
+    "EXCEPTION_HANDLER": "core.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -203,8 +206,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"()": "completions.logging.PlainFormatter"},
-        "json": {"()": "completions.logging.JSONFormatter"},
+        "plain": {"()": "core.logging.PlainFormatter"},
+        "json": {"()": "core.logging.JSONFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
@@ -219,7 +222,7 @@ LOGGING = {
     },
 }
 
-# METRICS (GET /metrics, Prometheus text format; completions/metrics.py)
+# METRICS (GET /metrics, Prometheus text format; core/metrics.py)
 # Label request, token and rejection metrics by key prefix: one time series per key, so off by default.
 METRICS_PER_KEY = env.bool("METRICS_PER_KEY", default=False)
 # When set, /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.

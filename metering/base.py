@@ -1,0 +1,150 @@
+"""What a limit store is asked (`LimitTicket`), what it answers (`AdmitResult`, `SettleResult`), and the budget
+periods.
+
+All limits are per minute (`WINDOW_MS`). Money is in integer units of 10⁻⁸ USD (`usage.pricing`).
+"""
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+WINDOW_MS = 60_000
+
+# AdmitResult.status
+ADMITTED = 0
+REFUSED_REQUESTS = 1
+REFUSED_TOKENS = 2
+REFUSED_CONCURRENCY = 3
+REFUSED_BUDGET = 4
+NEED_BUDGET_INIT = 5  # Redis has no counter for this budget period: call again with `BudgetHold.initial`
+REFUSED_TOKENS_NEVER = 6  # the request alone is more than the tokens/min limit: it can never pass
+
+
+class StoreUnavailable(Exception):
+    """The store could not be asked (Redis unreachable or timing out, database error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    """The budget period a moment falls in: its `label` (part of the counter's name), its UTC start, and when it
+    renews (None for `total`)."""
+
+    period: str
+    label: str
+    start: datetime | None
+    renews_at: datetime | None
+
+    @classmethod
+    def at(cls, period: str, now: datetime) -> "BudgetWindow":
+        now = now.astimezone(UTC)
+        if period == "day":
+            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            return cls(period, start.strftime("%Y-%m-%d"), start, start + timedelta(days=1))
+        if period == "month":
+            start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            days = calendar.monthrange(start.year, start.month)[1]
+            return cls(period, start.strftime("%Y-%m"), start, start + timedelta(days=days))
+        return cls("total", "total", None, None)
+
+    def ttl_seconds(self, now: datetime) -> int:
+        """How long a store keeps this period's counter: a day past its end (late settlements), 0 = forever."""
+        if self.renews_at is None:
+            return 0
+        return int((self.renews_at - now).total_seconds()) + 86_400
+
+
+@dataclass(slots=True)
+class BudgetHold:
+    """A budget reservation: `reserve` units against `cap` units for the key's current `window`.
+
+    `initial` is the spend already recorded in the database for this window; the Redis store asks for it (status
+    NEED_BUDGET_INIT) only when its counter is missing, so the hot path does not query the database.
+    """
+
+    cap: int
+    reserve: int
+    window: BudgetWindow
+    ttl: int
+    initial: int | None = None
+
+
+@dataclass(slots=True)
+class LimitTicket:
+    """Every limit one request is admitted against, all or nothing. A None limit is not checked."""
+
+    key_prefix: str
+    request_id: str
+    # Whose counters: the key's lineage (the prefix of the first key of a rotation chain), so that rotating a
+    # key neither resets its spend nor doubles its limits while old and new key both work in the grace period.
+    scope: str = ""
+    rpm: int | None = None
+    tpm: int | None = None
+    tokens: int = 0
+    max_concurrent: int | None = None
+    hold_concurrency: bool = True  # False: only check that a slot is free (DRF's allow_request)
+    budget: BudgetHold | None = None
+
+    def __post_init__(self):
+        self.scope = self.scope or self.key_prefix
+
+    @property
+    def limited(self) -> bool:
+        return (
+            self.rpm is not None or self.tpm is not None or self.max_concurrent is not None or self.budget is not None
+        )
+
+
+@dataclass(slots=True)
+class AdmitResult:
+    """The store's answer. Counts include this request when admitted; `*_reset_ms` is the time until the oldest
+    counted entry leaves the window (for a refusal on that dimension: until this request would fit)."""
+
+    status: int
+    rpm_count: int = 0
+    rpm_reset_ms: int = 0
+    tpm_used: int = 0
+    tpm_reset_ms: int = 0
+    concurrent: int = 0
+    retry_ms: int = 0
+    spent: int = 0
+    reserved: int = 0
+    extra: dict = field(default_factory=dict)  # store-specific state that settle needs
+
+    @property
+    def admitted(self) -> bool:
+        return self.status == ADMITTED
+
+
+@dataclass(slots=True)
+class SettleResult:
+    tpm_used: int | None = None
+    tpm_reset_ms: int = 0
+
+
+class LimitStore:
+    """Interface of a store. Both calls raise `StoreUnavailable` when the store cannot be reached."""
+
+    async def admit(self, ticket: LimitTicket) -> AdmitResult:
+        raise NotImplementedError
+
+    async def settle(self, ticket: LimitTicket, admitted: AdmitResult, *, tokens: int, cost: int) -> SettleResult:
+        """Replace the token reservation by `tokens`, free the concurrency slot, move the budget reservation to
+        spend at `cost` units. Safe to repeat: a second call changes nothing more."""
+        raise NotImplementedError
+
+
+def budget_spent_in_database(scope: str, window: BudgetWindow) -> int:
+    """The spend the database records for a key lineage in a budget period, in units (sync; call off the loop)."""
+    from django.db.models import Sum
+
+    from apikeys.models import APIKey
+    from usage.models import UsageRecord
+    from usage.pricing import usd_to_units
+
+    prefixes = APIKey.objects.filter(lineage=scope).values("prefix")
+    records = UsageRecord.objects.filter(key_prefix__in=prefixes)
+    if window.start is not None:
+        records = records.filter(created_at__gte=window.start, created_at__lt=window.renews_at)
+    total = records.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
+    return usd_to_units(total)

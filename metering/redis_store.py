@@ -1,0 +1,164 @@
+"""The Redis limit store: one Lua script admits a request against all its key's limits, a second settles it.
+
+Algorithms (named honestly; details in `admit.lua`): **sliding-window log** for requests/min and tokens/min
+(every admitted request is an entry that counts for exactly 60 s after it was admitted, so no burst at a window
+edge can double a limit), an in-flight set with stale-entry expiry for concurrency, and spent + reserved for
+budgets. A script runs atomically in Redis, so every worker of every instance sharing the Redis sees one exact
+count. The time is the Redis server's (`TIME`), one clock for every instance; `timer` can replace it (tests).
+
+Costs one round trip to admit (EVALSHA; the script is loaded once per Redis after a NOSCRIPT) and one to settle.
+Each event loop gets its own `redis.asyncio` client with short timeouts and no retries: a retried script could
+count a request twice, and a Redis that is down must answer fast (503 or fail-open, `metering.throttling`).
+After any error the loop's client (and its connection pool) is replaced, so a Redis that comes back is used
+again at once, without a restart.
+"""
+
+import asyncio
+import logging
+import weakref
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .base import WINDOW_MS, AdmitResult, LimitStore, LimitTicket, SettleResult, StoreUnavailable
+
+logger = logging.getLogger("tollgate.limits")
+
+SCRIPTS_DIR = Path(__file__).resolve().parent
+ADMIT_LUA = (SCRIPTS_DIR / "admit.lua").read_text()
+SETTLE_LUA = (SCRIPTS_DIR / "settle.lua").read_text()
+
+
+class _LoopClient:
+    __slots__ = ("admit", "client", "settle")
+
+    def __init__(self, client):
+        self.client = client
+        self.admit = client.register_script(ADMIT_LUA)
+        self.settle = client.register_script(SETTLE_LUA)
+
+
+class RedisLimitStore(LimitStore):
+    """Limits in Redis. `timer` (epoch seconds) replaces the Redis clock when set; None = Redis `TIME`."""
+
+    timer = None
+
+    def __init__(self, url: str, *, timeout: float | None = None, prefix: str | None = None):
+        self.url = url
+        self.timeout = settings.RATE_LIMIT_REDIS_TIMEOUT if timeout is None else timeout
+        self.prefix = settings.RATE_LIMIT_REDIS_PREFIX if prefix is None else prefix
+        self.stale_ms = int(settings.RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS * 1000)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
+        self._closing: set = set()
+
+    max_connections = 128  # per event loop; a burst beyond it waits for a free connection
+    pool_wait_seconds = 5.0
+
+    def build_client(self) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections,
+            timeout=self.pool_wait_seconds,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    def _loop_client(self) -> _LoopClient:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(loop)
+        if entry is None:
+            entry = self._clients[loop] = _LoopClient(self.build_client())
+        return entry
+
+    def _drop_client(self, entry: _LoopClient) -> None:
+        """Forget a client after an error (the next call builds a fresh pool) and close it in the background."""
+        loop = asyncio.get_running_loop()
+        if self._clients.get(loop) is entry:
+            del self._clients[loop]
+            task = loop.create_task(_close_quietly(entry.client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def keys(self, ticket: LimitTicket) -> list[str]:
+        # One hash tag per API key: every key of one script is in the same Redis Cluster slot.
+        base = f"{self.prefix}:{{{ticket.scope}}}"
+        label = ticket.budget.window.label if ticket.budget is not None else "-"
+        return [
+            f"{base}:rpm",
+            f"{base}:tpm",
+            f"{base}:tpm:amounts",
+            f"{base}:inflight",
+            f"{base}:budget:{label}",
+            f"{base}:budget:{label}:reservations",
+        ]
+
+    def _now_arg(self) -> str:
+        return "" if self.timer is None else str(int(self.timer() * 1000))
+
+    async def _call(self, script_name: str, keys: list, args: list):
+        entry = self._loop_client()
+        try:
+            return await getattr(entry, script_name)(keys=keys, args=args, client=entry.client)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._drop_client(entry)
+            raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
+
+    async def admit(self, ticket: LimitTicket) -> AdmitResult:
+        budget = ticket.budget
+        args = [
+            self._now_arg(),
+            ticket.request_id,
+            WINDOW_MS,
+            -1 if ticket.rpm is None else ticket.rpm,
+            -1 if ticket.tpm is None else ticket.tpm,
+            ticket.tokens,
+            -1 if ticket.max_concurrent is None else ticket.max_concurrent,
+            self.stale_ms,
+            -1 if budget is None else budget.cap,
+            0 if budget is None else budget.reserve,
+            "" if budget is None or budget.initial is None else budget.initial,
+            0 if budget is None else budget.ttl,
+            "1" if ticket.hold_concurrency else "0",
+        ]
+        reply = await self._call("admit", self.keys(ticket), args)
+        status, rpm_count, rpm_reset, tpm_used, tpm_reset, concurrent, retry, spent, reserved = reply
+        return AdmitResult(
+            status=status,
+            rpm_count=rpm_count,
+            rpm_reset_ms=rpm_reset,
+            tpm_used=tpm_used,
+            tpm_reset_ms=tpm_reset,
+            concurrent=concurrent,
+            retry_ms=retry,
+            spent=spent,
+            reserved=reserved,
+        )
+
+    async def settle(self, ticket: LimitTicket, admitted: AdmitResult, *, tokens: int, cost: int) -> SettleResult:
+        args = [
+            self._now_arg(),
+            ticket.request_id,
+            WINDOW_MS,
+            -1 if ticket.tpm is None else max(tokens, 0),
+            -1 if ticket.budget is None else max(cost, 0),
+        ]
+        tpm_used, tpm_reset = await self._call("settle", self.keys(ticket), args)
+        return SettleResult(tpm_used=None if tpm_used < 0 else tpm_used, tpm_reset_ms=tpm_reset)
+
+    async def aclose(self) -> None:
+        for entry in list(self._clients.values()):
+            await _close_quietly(entry.client)
+        self._clients.clear()
+
+
+async def _close_quietly(client) -> None:
+    try:
+        await client.aclose()
+    except Exception:
+        logger.debug("closing a redis client failed", exc_info=True)

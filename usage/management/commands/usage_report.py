@@ -1,0 +1,108 @@
+"""`manage.py usage_report [--key KEY_OR_PREFIX] [--since DAY] [--until DAY] [--format table|csv|json]`.
+
+Totals per key and model over UTC days: the columns `key_name, key_prefix, model, requests, prompt_tokens,
+completion_tokens, cost_usd`, one row per (key, model), ordered by key name, prefix and model.
+
+* `--since` and `--until` are `YYYY-MM-DD` UTC days and both are **inclusive**: `--until 2025-03-31` counts
+  everything up to 2025-03-31 23:59:59.999999 UTC.
+* `cost_usd` is a string with exactly 8 decimals (the precision stored per record), in every format, so that
+  totals are exact and JSON consumers never see binary floating point: `"0.00123400"`.
+* `--format json` prints a JSON list of objects with exactly those keys (`[]` when there is no usage);
+  `csv` prints a header row then the rows; `table` (the default) also prints a `TOTAL` row.
+* `--key` takes a raw key (verified) or a key prefix; a prefix of a deleted key still works if it has usage.
+
+A bad date or an unknown key exits non-zero with a one-line message on stderr; the raw key is never echoed.
+"""
+
+import argparse
+import csv
+import json
+from datetime import date
+from decimal import Decimal
+
+from django.core.management.base import CommandError
+
+from apikeys.management.commands._common import KeyCommand
+from apikeys.services import KeyLookupError, api_key_find
+from usage.selectors import day_bounds, usage_key_prefix_known, usage_totals_by_key_model
+
+COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
+NUMERIC = frozenset({"requests", "prompt_tokens", "completion_tokens", "cost_usd"})
+COST_QUANTUM = Decimal("0.00000001")
+
+
+def utc_day(value: str) -> date:
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def format_cost(value) -> str:
+    return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
+
+
+class Command(KeyCommand):
+    help = "Usage totals per key and model (UTC days; --since and --until inclusive)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--key", metavar="KEY_OR_PREFIX", help="Only this key: a raw key or its prefix.")
+        parser.add_argument("--since", type=utc_day, metavar="YYYY-MM-DD", help="First UTC day (inclusive).")
+        parser.add_argument("--until", type=utc_day, metavar="YYYY-MM-DD", help="Last UTC day (inclusive).")
+        parser.add_argument("--format", dest="output_format", choices=("table", "csv", "json"), default="table")
+
+    def handle(self, *args, key=None, since=None, until=None, output_format="table", **options):
+        if since and until and since > until:
+            raise CommandError(f"--since {since} is after --until {until}.")
+        key_prefix = self.key_prefix(key) if key is not None else None
+        first, last = day_bounds(since, until)
+        rows = [
+            {name: row[name] for name in COLUMNS}
+            for row in usage_totals_by_key_model(key_prefix=key_prefix, since=first, until=last)
+        ]
+        for row in rows:
+            row["cost_usd"] = format_cost(row["cost_usd"])
+        getattr(self, f"write_{output_format}")(rows)
+
+    def key_prefix(self, value: str) -> str:
+        value = value.strip()
+        try:
+            return api_key_find(value).prefix
+        except KeyLookupError:
+            # A deleted key's usage is kept under its prefix.
+            if value and "." not in value and usage_key_prefix_known(value):
+                return value
+        raise CommandError("No API key matches that key or prefix.")
+
+    def write_json(self, rows: list[dict]) -> None:
+        self.stdout.write(json.dumps(rows, indent=2))
+
+    def write_csv(self, rows: list[dict]) -> None:
+        writer = csv.DictWriter(self.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def write_table(self, rows: list[dict]) -> None:
+        if not rows:
+            self.stdout.write("No usage in this period.")
+            return
+        total = {name: "" for name in COLUMNS}
+        total["key_name"] = "TOTAL"
+        for name in ("requests", "prompt_tokens", "completion_tokens"):
+            total[name] = sum(row[name] for row in rows)
+        total["cost_usd"] = format_cost(sum(Decimal(row["cost_usd"]) for row in rows))
+        cells = [[str(row[name]) for name in COLUMNS] for row in [*rows, total]]
+        widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(COLUMNS)]
+
+        def line(values):
+            return "  ".join(
+                value.rjust(width) if name in NUMERIC else value.ljust(width)
+                for name, value, width in zip(COLUMNS, values, widths, strict=True)
+            ).rstrip()
+
+        out = [line(COLUMNS), "  ".join("-" * width for width in widths)]
+        out += [line(values) for values in cells[:-1]]
+        out += ["  ".join("-" * width for width in widths), line(cells[-1])]
+        self.stdout.write("\n".join(out))

@@ -1,0 +1,202 @@
+"""Read queries over usage records: totals per key and model, daily and hourly series, dashboard aggregates.
+
+Every function takes aware datetimes (UTC) and returns plain dicts and lists, ready for a report, a template or
+`json_script`. Days and hours are UTC buckets. Costs are `Decimal`s, as stored (8 decimal places).
+"""
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models.functions import TruncDay, TruncHour
+from django.utils import timezone
+
+from metering.base import BudgetWindow
+
+from .models import UsageRecord
+
+ZERO = Decimal("0")
+
+
+def _aggregates() -> dict:
+    return {
+        "requests": Count("id"),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "total_tokens": Sum("total_tokens"),
+        "cost_usd": Sum("cost_usd"),
+        "errors": Count("id", filter=Q(status__gte=400)),
+        "throttled": Count("id", filter=Q(status=429)),
+    }
+
+
+def _clean(row: dict) -> dict:
+    """Sums over no rows are None: make them zero."""
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "requests", "errors", "throttled"):
+        if name in row:
+            row[name] = row[name] or 0
+    if "cost_usd" in row:
+        row["cost_usd"] = row["cost_usd"] or ZERO
+    return row
+
+
+def usage_records(*, key_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None):
+    """Records of one key (by prefix) or all, with `since <= created_at < until` (either bound optional)."""
+    records: QuerySet = UsageRecord.objects.all()
+    if key_prefix is not None:
+        records = records.filter(key_prefix=key_prefix)
+    if since is not None:
+        records = records.filter(created_at__gte=since)
+    if until is not None:
+        records = records.filter(created_at__lt=until)
+    return records
+
+
+def usage_totals_by_key_model(
+    *, key_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None
+) -> list[dict]:
+    """One row per (key, model): `key_name, key_prefix, model, requests, prompt_tokens, completion_tokens,
+    total_tokens, cost_usd`, ordered by key name, prefix and model.
+
+    A key is identified by its prefix; its name is the latest one recorded (a key renamed mid-period stays one
+    row).
+    """
+    rows = (
+        usage_records(key_prefix=key_prefix, since=since, until=until)
+        .order_by()
+        .values("key_prefix", "model")
+        .annotate(
+            key_name=Max("key_name"),
+            requests=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            total_tokens=Sum("total_tokens"),
+            cost_usd=Sum("cost_usd"),
+        )
+    )
+    out = [_clean(dict(row)) for row in rows]
+    out.sort(key=lambda row: (row["key_name"].lower(), row["key_prefix"], row["model"]))
+    return out
+
+
+def usage_key_prefix_known(key_prefix: str) -> bool:
+    return UsageRecord.objects.filter(key_prefix=key_prefix).exists()
+
+
+def _day_start(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _series(records: QuerySet, *, trunc, start: datetime, step: timedelta, count: int) -> list[dict]:
+    found = {}
+    for row in (
+        records.order_by().annotate(bucket=trunc("created_at", tzinfo=UTC)).values("bucket").annotate(**_aggregates())
+    ):
+        found[row["bucket"].astimezone(UTC)] = _clean(row)
+    series = []
+    for i in range(count):
+        bucket = start + step * i
+        row = found.get(bucket) or _clean({name: None for name in _aggregates()})
+        row["bucket"] = bucket
+        row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else 0.0
+        row["throttle_rate"] = row["throttled"] / row["requests"] if row["requests"] else 0.0
+        series.append(row)
+    return series
+
+
+def usage_daily_series(*, key_prefix: str | None = None, days: int = 30, now: datetime | None = None) -> list[dict]:
+    """The last `days` UTC days up to today, oldest first, zeros included: per day `bucket` (midnight UTC),
+    `requests, prompt_tokens, completion_tokens, total_tokens, cost_usd, errors, throttled, error_rate,
+    throttle_rate` (rates are shares of the day's requests: status >= 400, status 429)."""
+    start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
+    records = usage_records(key_prefix=key_prefix, since=start)
+    return _series(records, trunc=TruncDay, start=start, step=timedelta(days=1), count=days)
+
+
+def usage_hourly_series(*, key_prefix: str | None = None, hours: int = 24, now: datetime | None = None) -> list[dict]:
+    """Like `usage_daily_series`, per UTC hour over the last `hours` hours (the current hour included)."""
+    current = (now or timezone.now()).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    start = current - timedelta(hours=hours - 1)
+    records = usage_records(key_prefix=key_prefix, since=start)
+    return _series(records, trunc=TruncHour, start=start, step=timedelta(hours=1), count=hours)
+
+
+def usage_totals(*, key_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None):
+    """Totals over a span: `requests, prompt_tokens, completion_tokens, total_tokens, cost_usd, errors,
+    throttled, error_rate, throttle_rate`."""
+    row = _clean(usage_records(key_prefix=key_prefix, since=since, until=until).aggregate(**_aggregates()))
+    row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else 0.0
+    row["throttle_rate"] = row["throttled"] / row["requests"] if row["requests"] else 0.0
+    return row
+
+
+def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
+    """The keys that spent most since `since` (then most requests): `key_prefix, key_name, requests,
+    total_tokens, cost_usd, errors, throttled`."""
+    rows = (
+        usage_records(since=since)
+        .order_by()
+        .values("key_prefix")
+        .annotate(key_name=Max("key_name"), **_aggregates())
+        .order_by("-cost_usd", "-requests", "key_prefix")[:limit]
+    )
+    return [_clean(dict(row)) for row in rows]
+
+
+def usage_top_models(*, since: datetime, limit: int = 10) -> list[dict]:
+    """The models that cost most since `since` (then most requests): `model, requests, total_tokens,
+    cost_usd, errors, throttled`."""
+    rows = (
+        usage_records(since=since)
+        .order_by()
+        .values("model")
+        .annotate(**_aggregates())
+        .order_by("-cost_usd", "-requests", "model")[:limit]
+    )
+    return [_clean(dict(row)) for row in rows]
+
+
+def usage_budget_status(*, api_key, now: datetime | None = None) -> dict:
+    """Spend of `api_key` in its current budget period against its cap: `budget_usd` (None = no cap),
+    `period`, `period_start`, `renews_at` (None for `total`), `spent_usd`, `remaining_usd`, `used_fraction`."""
+    # The same period boundaries as budget enforcement (metering/), so the panel and a 429 agree.
+    window = BudgetWindow.at(api_key.budget_period, now or timezone.now())
+    start, renews = window.start, window.renews_at
+    spent = usage_totals(key_prefix=api_key.prefix, since=start, until=renews)["cost_usd"]
+    budget = api_key.budget_usd
+    remaining = None if budget is None else max(budget - spent, ZERO)
+    fraction = None if not budget else float(spent / budget)
+    return {
+        "budget_usd": budget,
+        "period": api_key.budget_period,
+        "period_start": start,
+        "renews_at": renews,
+        "spent_usd": spent,
+        "remaining_usd": remaining,
+        "used_fraction": fraction,
+    }
+
+
+def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10) -> dict:
+    """Everything the admin dashboard shows: `today` and `period` totals, `daily` (last `days` days) and
+    `hourly` (last 24 h) series, `top_keys` and `top_models` over the period."""
+    now = now or timezone.now()
+    today = _day_start(now)
+    since = today - timedelta(days=days - 1)
+    return {
+        "now": now,
+        "days": days,
+        "today": usage_totals(since=today),
+        "period": usage_totals(since=since),
+        "daily": usage_daily_series(days=days, now=now),
+        "hourly": usage_hourly_series(hours=24, now=now),
+        "top_keys": usage_top_keys(since=since, limit=top),
+        "top_models": usage_top_models(since=since, limit=top),
+    }
+
+
+def day_bounds(first: date | None, last: date | None) -> tuple[datetime | None, datetime | None]:
+    """[since, until) datetimes for the UTC days `first` .. `last`, both inclusive (either may be None)."""
+    since = datetime(first.year, first.month, first.day, tzinfo=UTC) if first else None
+    until = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1) if last else None
+    return since, until

@@ -1,0 +1,493 @@
+"""Usage records: one `UsageRecord` row per authenticated request, written in batches off the request path.
+
+`record_usage(outcome)` is a `core.outcome.REPORTERS` entry (registered in `CompletionsConfig.ready`).
+On the event loop it only copies the outcome's fields into a tuple and appends it to an in-memory buffer (a
+few microseconds, no I/O). A daemon thread per process (`UsageWriter`) drains the buffer every
+`USAGE_FLUSH_SECONDS` or as soon as `USAGE_BATCH_SIZE` records wait, one transaction per batch (an
+`executemany` of `INSERT … ON CONFLICT (request_id) DO NOTHING`, about 15 µs of CPU per record).
+
+Guarantees:
+
+* **never twice**: `request_id` is unique and rows that already exist are skipped, so a batch retried after a
+  commit whose answer was lost cannot double a request;
+* **never lost on a clean shutdown**: `core.lifecycle` runs `usage_writer.stop` from the ASGI lifespan
+  (SIGTERM) and at interpreter exit; it writes everything still buffered, retrying for up to
+  `shutdown_retry_seconds`, and only then logs what it could not write (one ERROR line per record, enough to
+  replay it);
+* **kept while the database is away**: a batch that fails (database down or restarting, table locked, a deploy
+  halfway through its migrations) goes back to the front of the buffer and is retried with exponential
+  backoff. Only past `USAGE_MAX_BUFFERED` records are the oldest ones dropped, each logged at ERROR;
+* **a record the database refuses for its own content** (it should not happen: strings are truncated and
+  numbers clamped to the columns) is logged at ERROR and skipped, so that it cannot block every later record.
+
+The writer also sets `APIKey.last_used_at`, at most once per key per `last_used_every` seconds per process, with
+`QuerySet.update`: that sends no `post_save`, so it does not bump `KeyGeneration` and every worker keeps its
+key cache.
+"""
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import deque
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connections, transaction
+from django.db.models import Q
+
+logger = logging.getLogger("tollgate.usage")
+
+# Column limits of UsageRecord (usage/models.py): values are fitted to them before insert.
+_MAX_UINT = 2**31 - 1
+_COST_MAX = Decimal("999999.99999999")
+_COST_QUANTUM = Decimal("0.00000001")
+
+# The order of the fields in a buffered row (see `capture`).
+ROW_FIELDS = (
+    "request_id",
+    "api_key_id",
+    "key_prefix",
+    "key_name",
+    "model",
+    "status",
+    "error_type",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "latency_ms",
+    "ttfb_ms",
+    "upstream_request_id",
+    "created_at",
+)
+
+
+def capture(outcome) -> tuple:
+    """The outcome's fields as a plain tuple (ordered as `ROW_FIELDS`): cheap, and immune to later mutation."""
+    key = outcome.key
+    return (
+        outcome.request_id,
+        key.id,
+        key.prefix,
+        key.name,
+        outcome.model,
+        outcome.status,
+        outcome.error_type,
+        outcome.streamed,
+        outcome.prompt_tokens,
+        outcome.completion_tokens,
+        outcome.usage_estimated,
+        outcome.cost_usd,
+        outcome.latency_ms,
+        outcome.ttfb_ms,
+        outcome.upstream_request_id,
+        outcome.started_at,
+    )
+
+
+def _count(value) -> int:
+    try:
+        return min(max(int(value or 0), 0), _MAX_UINT)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _cost(value) -> Decimal:
+    try:
+        cost = Decimal(value or 0).quantize(_COST_QUANTUM)
+    except (ArithmeticError, TypeError, ValueError):
+        return Decimal(0)
+    return min(max(cost, Decimal(0)), _COST_MAX)
+
+
+# UsageRecord's columns in the order `fit` returns them (and the raw INSERT lists them).
+INSERT_COLUMNS = (
+    "request_id",
+    "api_key_id",
+    "key_prefix",
+    "key_name",
+    "model",
+    "status",
+    "error_type",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "latency_ms",
+    "ttfb_ms",
+    "upstream_request_id",
+    "created_at",
+)
+
+
+def fit(row: tuple) -> tuple:
+    """A captured row as UsageRecord column values (`INSERT_COLUMNS` order), each fitted to its column."""
+    (request_id, key_id, prefix, name, model, status, error_type, streamed, prompt, completion, estimated, cost,
+     latency, ttfb, upstream_id, created_at) = row  # fmt: skip
+    prompt, completion = _count(prompt), _count(completion)
+    return (
+        str(request_id)[:64],
+        key_id,
+        str(prefix or "")[:8],
+        str(name or "")[:50],
+        str(model or "")[:100],
+        min(max(int(status or 0), 0), 32767),
+        str(error_type or "")[:40],
+        bool(streamed),
+        prompt,
+        completion,
+        min(prompt + completion, _MAX_UINT),
+        bool(estimated),
+        _cost(cost),
+        float(latency or 0),
+        None if ttfb is None else float(ttfb),
+        str(upstream_id or "")[:128],
+        created_at,
+    )
+
+
+def build_record(row: tuple):
+    """A `UsageRecord` (unsaved) from a captured row, every value fitted to its column."""
+    from .models import UsageRecord
+
+    return UsageRecord(**dict(zip(INSERT_COLUMNS, fit(row), strict=True)))
+
+
+def _row_for_log(row: tuple) -> dict:
+    out = dict(zip(ROW_FIELDS, row, strict=True))
+    for name, value in out.items():
+        if isinstance(value, Decimal):
+            out[name] = str(value)
+        elif isinstance(value, datetime):
+            out[name] = value.isoformat()
+    return out
+
+
+class UsageWriter:
+    """Buffers captured outcomes and writes them in batches from one daemon thread (started on first use).
+
+    `record` is the only method meant for the event loop. `flush` writes everything buffered (from the calling
+    thread) and returns False when the database failed and records were kept. `stop` is the clean-shutdown
+    hook. Tests build their own writer and swap `timer`.
+    """
+
+    timer = time.monotonic
+    # Backoff between retries while the database is failing: doubles from `retry_initial` up to `retry_max`.
+    retry_initial = 0.25
+    retry_max = 10.0
+    # How long a clean shutdown keeps retrying a failing database before it logs the records instead.
+    shutdown_retry_seconds = 15.0
+    # APIKey.last_used_at is written at most this often per key and process.
+    last_used_every = 60.0
+
+    def __init__(
+        self,
+        *,
+        flush_seconds: float | None = None,
+        batch_size: int | None = None,
+        max_buffered: int | None = None,
+        using: str = "default",
+    ):
+        self.flush_seconds = settings.USAGE_FLUSH_SECONDS if flush_seconds is None else flush_seconds
+        self.batch_size = settings.USAGE_BATCH_SIZE if batch_size is None else batch_size
+        self.max_buffered = settings.USAGE_MAX_BUFFERED if max_buffered is None else max_buffered
+        self.using = using
+        self._buffer: deque = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_used: dict = {}  # key id -> self.timer() of this process's last write of last_used_at
+        self._known_keys: set = set()  # key ids seen to exist (see _unlink_unknown_keys)
+        self.failures = 0  # consecutive failed flushes
+        self.dropped = 0  # records dropped past max_buffered (each logged)
+        if hasattr(os, "register_at_fork"):
+            # A forked child must not inherit the parent's thread state or buffered rows (the parent writes them).
+            os.register_at_fork(after_in_child=self._reset_after_fork)
+
+    # -- the request path ---------------------------------------------------------------------------------------
+
+    def record(self, outcome) -> None:
+        """Buffer one finished request (event loop; no I/O). Starts the writer thread on first use."""
+        buffer = self._buffer
+        buffer.append(capture(outcome))
+        if self._thread is None:
+            self._start()
+        size = len(buffer)
+        if size >= self.batch_size:
+            self._wake.set()
+        if size > self.max_buffered:
+            self._drop_oldest()
+
+    def pending(self) -> int:
+        """Records buffered and not yet written."""
+        return len(self._buffer)
+
+    # -- the writer thread --------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="tollgate-usage-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        delay = self.flush_seconds
+        try:
+            while not self._stop.is_set():
+                if self.failures:
+                    # Backing off: only a shutdown cuts the wait short, a full buffer does not.
+                    self._stop.wait(delay)
+                else:
+                    self._wake.wait(self.flush_seconds)
+                    self._wake.clear()
+                if self._stop.is_set():
+                    break
+                try:
+                    ok = self.flush()
+                except Exception:  # never let the thread die: the next round retries
+                    logger.exception("usage writer: unexpected error")
+                    ok = False
+                delay = self.flush_seconds if ok else min(self.retry_initial * 2 ** (self.failures - 1), self.retry_max)
+            self._flush_for_shutdown()
+        finally:
+            self._close_connection()
+
+    def _flush_for_shutdown(self) -> None:
+        deadline = self.timer() + self.shutdown_retry_seconds
+        delay = self.retry_initial
+        while True:
+            try:
+                if self.flush():
+                    return
+            except Exception:
+                logger.exception("usage writer: unexpected error during the shutdown flush")
+            if self.timer() + delay > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        rows = self._drain(len(self._buffer))
+        logger.error(
+            "usage writer: database unavailable at shutdown; %d usage records not written (logged below)", len(rows)
+        )
+        for row in rows:
+            logger.error("usage record not written: %s", _row_for_log(row))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Write everything buffered and stop the thread (clean shutdown). Safe to call more than once."""
+        with self._start_lock:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                if not self._buffer:
+                    return
+                # Rows but no thread (records after an earlier stop): a short-lived one writes them, so the
+                # database work stays off the caller's thread and connection.
+                thread = threading.Thread(target=self._run, name="tollgate-usage-writer", daemon=True)
+                self._thread = thread
+                self._stop.set()
+                thread.start()
+            self._stop.set()
+            self._wake.set()
+        thread.join(self.shutdown_retry_seconds + 30 if timeout is None else timeout)
+
+    def _reset_after_fork(self) -> None:
+        self._buffer = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread = None
+        self._last_used = {}
+        self.failures = 0
+
+    # -- writing ------------------------------------------------------------------------------------------------
+
+    def _drain(self, limit: int) -> list:
+        rows = []
+        popleft = self._buffer.popleft
+        try:
+            while len(rows) < limit:
+                rows.append(popleft())
+        except IndexError:
+            pass
+        return rows
+
+    def _drop_oldest(self) -> None:
+        while len(self._buffer) > self.max_buffered:
+            try:
+                row = self._buffer.popleft()
+            except IndexError:
+                return
+            self.dropped += 1
+            logger.error(
+                "usage writer: more than %d records waiting (database unavailable?); dropped: %s",
+                self.max_buffered,
+                _row_for_log(row),
+            )
+
+    def flush(self) -> bool:
+        """Write every buffered record in batches. True when the buffer was emptied, False if the database
+        failed (the failed batch is back at the front of the buffer, in order). Call from a thread, not the
+        event loop."""
+        with self._flush_lock:
+            while self._buffer:
+                batch = self._drain(self.batch_size)
+                try:
+                    close_old_connections()
+                    self._write(batch)
+                except Exception as exc:
+                    self._buffer.extendleft(reversed(batch))
+                    if len(self._buffer) > self.max_buffered:
+                        self._drop_oldest()
+                    self.failures += 1
+                    log = logger.error if self.failures in (1, 10) or self.failures % 100 == 0 else logger.warning
+                    log(
+                        "usage writer: could not write %d records (attempt %d, %d buffered, retrying): %s",
+                        len(batch),
+                        self.failures,
+                        len(self._buffer),
+                        exc,
+                    )
+                    self._close_connection()
+                    return False
+                if self.failures:
+                    logger.warning("usage writer: database back after %d failed attempts", self.failures)
+                    self.failures = 0
+                self._touch_keys(batch)
+            return True
+
+    def _write(self, batch: list) -> None:
+        rows = self._unlink_unknown_keys([fit(row) for row in batch])
+        try:
+            with transaction.atomic(using=self.using):
+                self._insert(rows)
+        except (IntegrityError, DataError):
+            records = [build_record(row) for row in batch]
+            # A key deleted since the request: keep the record (prefix and name are stored), drop the link.
+            self._unlink_deleted_keys(records)
+            self._write_one_by_one(records)
+
+    def _insert(self, rows: list) -> None:
+        """`INSERT … ON CONFLICT (request_id) DO NOTHING` for every row, in one `executemany` (PostgreSQL,
+        SQLite >= 3.24; psycopg sends the batch in pipeline mode: one round trip).
+
+        Not `bulk_create`: building model instances and running each value through the field machinery cost
+        more than the database's own work, on a thread that shares the GIL with the event loop.
+        """
+        from .models import UsageRecord
+
+        connection = connections[self.using]
+        ops = connection.ops
+        meta = UsageRecord._meta
+        columns = ", ".join(ops.quote_name(meta.get_field(name).column) for name in INSERT_COLUMNS)
+        placeholders = ", ".join(["%s"] * len(INSERT_COLUMNS))
+        sql = (
+            f"INSERT INTO {ops.quote_name(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
+            f"ON CONFLICT ({ops.quote_name('request_id')}) DO NOTHING"
+        )
+        cost_at, created_at = INSERT_COLUMNS.index("cost_usd"), INSERT_COLUMNS.index("created_at")
+        adapt_cost, adapt_time = ops.adapt_decimalfield_value, ops.adapt_datetimefield_value
+        params = []
+        for row in rows:
+            row = list(row)
+            row[cost_at] = adapt_cost(row[cost_at], 14, 8)
+            row[created_at] = adapt_time(row[created_at])
+            params.append(row)
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+
+    def _unlink_unknown_keys(self, rows: list) -> list:
+        """Rows whose key no longer exists lose the link (the column has no database constraint, see the model);
+        key ids already seen to exist are remembered, so a steady batch asks the database nothing."""
+        from apikeys.models import APIKey
+
+        unseen = {row[1] for row in rows if row[1] is not None and row[1] not in self._known_keys}
+        if not unseen:
+            return rows
+        existing = set(APIKey.objects.using(self.using).filter(pk__in=unseen).values_list("pk", flat=True))
+        self._known_keys.update(existing)
+        return [row if row[1] is None or row[1] in self._known_keys else (row[0], None, *row[2:]) for row in rows]
+
+    def _unlink_deleted_keys(self, records: list) -> None:
+        from apikeys.models import APIKey
+
+        ids = {r.api_key_id for r in records if r.api_key_id is not None}
+        existing = set(APIKey.objects.using(self.using).filter(pk__in=ids).values_list("pk", flat=True))
+        for record in records:
+            if record.api_key_id is not None and record.api_key_id not in existing:
+                record.api_key_id = None
+
+    def _write_one_by_one(self, records: list) -> None:
+        """Insert each record alone; one the database refuses for its content is logged and skipped."""
+        from .models import UsageRecord
+
+        manager = UsageRecord.objects.db_manager(self.using)
+        for record in records:
+            try:
+                with transaction.atomic(using=self.using):
+                    manager.bulk_create([record], ignore_conflicts=True)
+            except (IntegrityError, DataError) as exc:
+                fields = {name: getattr(record, name) for name in INSERT_COLUMNS}
+                logger.error("usage record refused by the database (%s); not written: %s", exc, fields)
+
+    def _touch_keys(self, batch: list) -> None:
+        """Set `last_used_at` (to the latest request start seen) for keys not written for `last_used_every` s."""
+        from apikeys.models import APIKey
+
+        now = self.timer()
+        latest: dict = {}
+        for row in batch:
+            key_id, started = row[1], row[15]
+            if key_id is None or now - self._last_used.get(key_id, float("-inf")) < self.last_used_every:
+                continue
+            if key_id not in latest or started > latest[key_id]:
+                latest[key_id] = started
+        if not latest:
+            return
+        keys = APIKey.objects.using(self.using)
+        try:
+            for key_id, started in latest.items():
+                # QuerySet.update: no post_save, so no KeyGeneration bump and no key-cache flush on any worker;
+                # nor does it touch the auto_now `updated_at`. Never moves last_used_at backwards.
+                keys.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=started), pk=key_id).update(
+                    last_used_at=started
+                )
+                self._last_used[key_id] = now
+        except DatabaseError as exc:
+            logger.warning("usage writer: could not update last_used_at: %s", exc)
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        try:
+            connections[self.using].close()
+        except Exception as exc:  # a broken connection may fail to close; it is dropped either way
+            logger.debug("usage writer: closing the connection failed: %s", exc)
+
+
+usage_writer = UsageWriter()
+
+
+def record_usage(outcome) -> None:
+    """The `REPORTERS` entry: buffer a usage record for `outcome`."""
+    usage_writer.record(outcome)
+
+
+def install() -> None:
+    """Configure the process's writer, register the reporter and the shutdown flush (CompletionsConfig.ready)."""
+    from core import lifecycle
+    from core.outcome import REPORTERS
+
+    if record_usage not in REPORTERS:
+        REPORTERS.append(record_usage)
+        lifecycle.on_shutdown(usage_writer.stop)
+        # Records finished after the lifespan shutdown (or in a process without one) are flushed at exit too.
+        atexit.register(usage_writer.stop)

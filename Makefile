@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format bench soak clean
+.PHONY: run test test-unit lint format bench soak clean
 
 $(VENV)/.base-installed: requirements/base.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,16 @@ run: $(VENV)/.base-installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## lint: ruff (lint + format check), migrations in sync, the Dockerfile
+## test-unit: the server-free tier (tests/unit: no database, Redis or subprocess), in seconds; `make test` runs it too
+test-unit: $(VENV)/.dev-installed
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## lint: ruff (lint + format check), mypy (pyproject.toml; incremental cache in .mypy_cache), migrations in sync,
+## the Dockerfile
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/hadolint Dockerfile
 
@@ -44,4 +50,4 @@ soak: $(VENV)/.dev-installed
 	$(PY) -m pytest -m soak -p no:randomly tests/test_soak.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) db.sqlite3 .test-db.sqlite3* staticfiles .pytest_cache
+	rm -rf $(VENV) db.sqlite3 .test-db.sqlite3* staticfiles .pytest_cache .mypy_cache

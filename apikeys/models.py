@@ -15,8 +15,8 @@ class TollgateAPIKeyManager(APIKeyManager):
     """The package's manager, except that a key's primary key is its prefix.
 
     The package makes the primary key `prefix.hash`; the primary key ends up in admin URLs, the admin's own
-    log, foreign keys and key snapshots, and no page may ever show a hash (issue 3). The prefix is unique
-    already, so it identifies a key just as well.
+    log, foreign keys and key snapshots, and a hash must stay in the database (URLs travel on into access logs,
+    browser history and Referer headers). The prefix is unique already, so it identifies a key just as well.
     """
 
     def assign_key(self, obj: "AbstractAPIKey") -> str:

@@ -1,15 +1,22 @@
-"""Every write to API keys goes through here: the admin, the management commands and the tests all call these.
+"""Every write to API keys goes through here: the admin, the management commands, the usage writer and the
+tests all call these.
 
-Each service is keyword-only, runs in one transaction, and writes an `AuditLogEntry` (actor: the admin's
-username or `command:<name>`). Raw keys are returned to the caller once and never stored or logged. Every save
-bumps `KeyGeneration` (apikeys.signals), so each worker of each instance drops its key cache within
-`KEY_CACHE_CHECK_SECONDS`.
+The lifecycle services (create, update, rotate, revoke) are keyword-only, run in one transaction, and write an
+`AuditLogEntry` (actor: the admin's username or `command:<name>`). Raw keys are returned to the caller once and
+never stored or logged. Every save bumps `KeyGeneration` (apikeys.signals), so each worker of each instance drops
+its key cache within `KEY_CACHE_CHECK_SECONDS`.
+
+`api_key_touch_last_used` is the exception on purpose: the usage writer's bookkeeping of when a key was last
+used is not a change to the key, so it neither saves (no `KeyGeneration` bump, which would flush every worker's
+key cache several times a second under load) nor writes an audit entry.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import cast
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, models, transaction
 from django.utils import timezone
 
 from .models import APIKey, AuditAction, AuditLogEntry, BudgetPeriod
@@ -157,7 +164,8 @@ def api_key_create(
         budget_usd=budget_usd,
         budget_period=budget_period,
     )
-    api_key, raw = APIKey.objects.create_key(**{EDITABLE_FIELDS[f]: v for f, v in fields.items()})
+    created, raw = APIKey.objects.create_key(**{EDITABLE_FIELDS[f]: v for f, v in fields.items()})
+    api_key = cast(APIKey, created)
     _audit(
         actor=actor,
         action=AuditAction.CREATE,
@@ -252,7 +260,7 @@ def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: st
     old_grace_until = api_key.grace_until
     api_key.grace_until = now + timedelta(seconds=_grace_seconds(grace))
     api_key.save(update_fields=["grace_until", "updated_at"])
-    successor, raw = APIKey.objects.create_key(
+    created, raw = APIKey.objects.create_key(
         name=api_key.name,
         owner=api_key.owner,
         notes=api_key.notes,
@@ -265,6 +273,7 @@ def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: st
         budget_period=api_key.budget_period,
         predecessor=api_key,
     )
+    successor = cast(APIKey, created)
     _audit(
         actor=actor,
         action=AuditAction.ROTATE,
@@ -296,3 +305,25 @@ def api_key_revoke(*, api_key: APIKey, actor: str) -> APIKey:
     api_key.save(update_fields=["revoked", "revoked_at", "updated_at"])
     _audit(actor=actor, action=AuditAction.REVOKE, api_key=api_key, changes={"revoked": [False, True]})
     return api_key
+
+
+def api_key_touch_last_used(*, last_used: Mapping[str, datetime], using: str = DEFAULT_DB_ALIAS) -> int:
+    """Move each key's `last_used_at` forward to the time given for it ({key primary key: aware datetime}).
+
+    One UPDATE for the whole mapping, through `QuerySet.update`: no `post_save`, so no `KeyGeneration` bump and no
+    key-cache flush on any worker; `updated_at` (auto_now) is not touched either. A key whose `last_used_at` is
+    already at or after the time given is left alone, so concurrent writers (several workers, several instances)
+    never move it backwards; unknown keys are ignored. Returns the number of keys updated.
+    """
+    if not last_used:
+        return 0
+    needs_update = models.Q()
+    newer = []
+    for pk, when in last_used.items():
+        needs_update |= models.Q(pk=pk) & (models.Q(last_used_at__isnull=True) | models.Q(last_used_at__lt=when))
+        newer.append(models.When(pk=pk, then=models.Value(when)))
+    return (
+        APIKey.objects.using(using)
+        .filter(needs_update)
+        .update(last_used_at=models.Case(*newer, output_field=models.DateTimeField()))
+    )

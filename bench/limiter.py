@@ -1,4 +1,4 @@
-"""What the per-key limiter adds to a request: `throttling.admit` + `Admission.settle`, timed in a loop.
+"""What the per-key limiter adds to a request: `async with throttling.admit(...)` (admit, then settle), in a loop.
 
     REDIS_URL=redis://127.0.0.1:6379/15 python bench/limiter.py [--requests 2000] [--database]
 
@@ -46,6 +46,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
 
     from apikeys.keycache import KeySnapshot
+    from completions.endpoints import CHAT_COMPLETIONS
     from completions.validation import parse_chat_request
     from core.outcome import RequestOutcome
     from metering import get_limit_store, throttling
@@ -68,19 +69,13 @@ def main() -> None:
         budget_period="month",
     )
     chat = parse_chat_request(b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}')
-
-    class View:
-        def get_throttles(self):
-            return [cls() for cls in throttling.COMPLETION_THROTTLES]
-
-    view = View()
+    demand = CHAT_COMPLETIONS.demand(chat, CHAT_COMPLETIONS.estimate_input(chat))
 
     async def one() -> float:
         outcome = RequestOutcome(request_id=f"req_{uuid.uuid4().hex}", key=key, model=chat.model)
         started = time.perf_counter()
-        admission = await throttling.admit(request=None, view=view, key=key, chat=chat, outcome=outcome)
-        outcome.prompt_tokens, outcome.completion_tokens = 5, 3
-        await admission.settle(outcome)
+        async with throttling.admit(key=key, demand=demand, outcome=outcome):
+            outcome.prompt_tokens, outcome.completion_tokens = 5, 3
         return time.perf_counter() - started
 
     async def run():

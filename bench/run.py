@@ -1,6 +1,7 @@
 """`make bench`: what Tollgate adds in front of an upstream, measured side by side with the upstream alone.
 
-    python bench/run.py [--quick] [--workers N] [--only plain|streams] [--duration S] [--out FILE]
+    python bench/run.py [--quick] [--workers N] [--only plain,embeddings,completions,streams] [--duration S]
+                        [--out FILE]
 
 Starts, on loopback only, the bundled fake upstream (`python -m fakeupstream --no-record`) and the production
 server (`gunicorn -c config/gunicorn.conf.py`, `config.settings.production`, N uvicorn workers) against a fresh
@@ -20,11 +21,16 @@ Every case runs twice in the same run, against the fake upstream directly and th
 * database transactions per request during the 16-connection run (PostgreSQL's `pg_stat_database`) and the
   tables it touched (`pg_stat_user_tables`): a known key costs no query; the key-cache poll and the batched
   usage writes are per worker, not per request;
+* `POST /v1/embeddings` (one short input) and legacy `POST /v1/completions` (a one-line prompt) with `wrk` at
+  16 connections (bench/wrk/embeddings.lua, completions.lua): the same figures as the plain chat case, so the
+  three endpoints' costs read side by side;
 * 100, 1,000 and 2,000 held streams (bench/streams.py `streams`): errors, first byte p50/p99, the sum of the
   gateway workers' RSS.
 
 Prints a table, checks the issue's bars, and writes `bench/results/<timestamp>.json`. Ends on its own: every
 step has a timeout, and the whole run is bounded by `--max-seconds`.
+
+bench/compare.py reuses the pieces below (fresh database, gateway start, wrk) to run two checkouts side by side.
 """
 
 import argparse
@@ -41,9 +47,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +72,42 @@ BARS = {
     "first_byte_p99_added_ms": 100.0,
     "rss_gib": 1.0,
 }
+
+
+class Endpoint(NamedTuple):
+    """A case `wrk` drives: where it posts, its script in bench/wrk/, and how a good answer is recognised."""
+
+    path: str
+    script: str
+    check_body: dict  # one request sent through the gateway before anything is measured
+    answer_object: str  # the `object` field of a successful answer
+
+
+ENDPOINTS = {
+    "chat": Endpoint(
+        CHAT_PATH,
+        "chat.lua",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        "chat.completion",
+    ),
+    "embeddings": Endpoint(
+        "/v1/embeddings",
+        "embeddings.lua",
+        {"model": "text-embedding-3-small", "input": "hi", "encoding_format": "base64"},
+        "list",
+    ),
+    "completions": Endpoint(
+        "/v1/completions",
+        "completions.lua",
+        {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 16},
+        "text_completion",
+    ),
+}
+
+# The `--only` choices, in the order a full run measures them. "plain" is chat; "completions" is the legacy
+# endpoint.
+CASES = ("plain", "embeddings", "completions", "streams")
+ENDPOINT_CONNECTIONS = 16
 
 
 class BenchError(Exception):
@@ -106,11 +150,11 @@ def tail(path: Path, lines: int = 40) -> str:
 class Server:
     """A subprocess in its own session, output to a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, argv: list[str], env: dict, log_path: Path):
+    def __init__(self, argv: list[str], env: dict, log_path: Path, cwd: Path = ROOT):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     @property
@@ -192,9 +236,9 @@ class RSSSampler(threading.Thread):
 class FreshDatabase:
     """A new PostgreSQL database on DATABASE_URL's server (created and dropped here), or a temporary SQLite file."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, name: str = ""):
         source = os.environ.get("DATABASE_URL", "")
-        self.name = f"tollgate_bench_{os.getpid()}"
+        self.name = name or f"tollgate_bench_{os.getpid()}"
         self.vendor = "sqlite"
         self._admin = None
         if source.startswith(("postgres://", "postgresql://", "pgsql://")):
@@ -217,7 +261,7 @@ class FreshDatabase:
         elif source:
             raise BenchError(f"DATABASE_URL must be PostgreSQL (or unset for SQLite), not {source.split(':')[0]}")
         else:
-            self.url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+            self.url = f"sqlite:///{workdir / (self.name + '.sqlite3')}"
 
     def counters(self) -> dict | None:
         """Cumulative transaction and row counters of the bench database (PostgreSQL only)."""
@@ -254,12 +298,13 @@ class FreshDatabase:
             self._admin.close()
 
 
-def bench_redis_url() -> str:
+def bench_redis_url(db: int | None = None) -> str:
     """REDIS_URL pointed at the bench's own database number, flushed; "" without REDIS_URL."""
     source = os.environ.get("REDIS_URL", "")
     if not source:
         return ""
-    db = int(os.environ.get("BENCH_REDIS_DB", "15"))
+    if db is None:
+        db = int(os.environ.get("BENCH_REDIS_DB", "15"))
     url = urlunsplit(urlsplit(source)._replace(path=f"/{db}"))
     flush_redis(url)
     return url
@@ -280,11 +325,12 @@ def flush_redis(url: str) -> None:
 # LOAD GENERATORS
 
 
-def run_wrk(url: str, *, connections: int, duration: float, key: str = "") -> dict:
+def run_wrk(url: str, *, connections: int, duration: float, key: str = "", endpoint: str = "chat") -> dict:
     """One wrk run; returns req/s, latency percentiles (ms), non-2xx and socket errors."""
+    case = ENDPOINTS[endpoint]
     argv = [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-        "-s", str(BENCH / "wrk" / "chat.lua"), url + CHAT_PATH,
+        "-s", str(BENCH / "wrk" / case.script), url + case.path,
     ]  # fmt: skip
     env = {**os.environ, "BENCH_KEY": key}
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
@@ -315,7 +361,7 @@ def run_client(mode: str, url: str, key: str, args: list[str], timeout: float) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-# THE RUN
+# GATEWAYS (also used by bench/compare.py, for any checkout of Tollgate with its own Python)
 
 SETUP_CODE = """
 import io, json
@@ -328,6 +374,89 @@ for name, extra in (("limited", LIMITED), ("unlimited", [])):
     keys[name] = out.getvalue().strip().splitlines()[-1]
 print("BENCH_KEYS " + json.dumps(keys))
 """
+
+
+def gateway_env(fake_url: str, database_url: str, redis_url: str) -> dict:
+    """The production settings' environment for a gateway in front of the fake upstream."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "OPENAI_API_KEY": "sk-bench-dummy-upstream-key",
+        "OPENAI_BASE_URL": f"{fake_url}/v1",
+        "DATABASE_URL": database_url,
+        # The API paths never redirect (config/asgi.py); this keeps /healthz answering over plain HTTP too.
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def create_keys(python: str, root: Path, env: dict) -> dict[str, str]:
+    """Migrate the (fresh) database and create the bench keys with the checkout's own code; {name: raw key}."""
+    code = SETUP_CODE.replace("LIMITED", repr(LIMITED_KEY_ARGS))
+    result = subprocess.run(
+        [python, "manage.py", "shell", "-c", code],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_KEYS ")), None)
+    if result.returncode != 0 or line is None:
+        raise BenchError(f"database setup failed in {root}:\n{result.stderr[-3000:]}")
+    return json.loads(line.removeprefix("BENCH_KEYS "))
+
+
+def start_gateway(python: str, root: Path, env: dict, port: int, workers: int, log_path: Path) -> Server:
+    """gunicorn with the checkout's own config on 127.0.0.1:`port`, returned once every worker is up."""
+    argv = [
+        python, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+    ]  # fmt: skip
+    server = Server(argv, env, log_path, cwd=root)
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", server.process, log_path)
+    deadline = time.monotonic() + 60
+    while len(children_of(server.pid)) < workers:
+        if time.monotonic() > deadline:
+            raise BenchError(f"gunicorn did not start {workers} workers:\n{tail(log_path)}")
+        time.sleep(0.2)
+    return server
+
+
+def check_gateway(url: str, key: str, log_path: Path, endpoint: str = "chat") -> None:
+    """One real request through the gateway must succeed before anything is measured."""
+    case = ENDPOINTS[endpoint]
+    request = urllib.request.Request(  # noqa: S310 (a loopback URL we built)
+        url + case.path,
+        data=json.dumps(case.check_body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()[:500].decode(errors="replace")
+        raise BenchError(f"POST {case.path} through the gateway: {exc.code} {body}\n{tail(log_path)}") from None
+    except OSError as exc:
+        raise BenchError(f"POST {case.path} through the gateway failed: {exc}\n{tail(log_path)}") from None
+    if answer.get("object") != case.answer_object:
+        raise BenchError(f"unexpected answer from POST {case.path} through the gateway: {answer}")
+
+
+def measure_gateway(
+    gateway: Server, url: str, *, connections: int, duration: float, key: str, endpoint: str = "chat"
+) -> dict:
+    """run_wrk against a gateway, plus the CPU its workers spent per request."""
+    workers = children_of(gateway.pid)
+    before = cpu_seconds(workers)
+    result = run_wrk(url, connections=connections, duration=duration, key=key, endpoint=endpoint)
+    spent = cpu_seconds(workers) - before
+    result["cpu_ms_per_request"] = round(spent * 1000 / max(1, result["requests"]), 3)
+    return result
+
+
+# THE RUN
 
 
 class Bench:
@@ -350,20 +479,7 @@ class Bench:
         fake_port, gateway_port = free_port(), free_port()
         self.fake_url = f"http://127.0.0.1:{fake_port}"
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings.production",
-            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-            "OPENAI_API_KEY": "sk-bench-dummy-upstream-key",
-            "OPENAI_BASE_URL": f"{self.fake_url}/v1",
-            "DATABASE_URL": self.db.url,
-            # The API paths never redirect (config/asgi.py); this keeps /healthz answering over plain HTTP too.
-            "DJANGO_SECURE_SSL_REDIRECT": "false",
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("REDIS_URL", None)
-        if self.redis_url:
-            env["REDIS_URL"] = self.redis_url
+        env = gateway_env(self.fake_url, self.db.url, self.redis_url)
         self.env = env
 
         log(f"fake upstream on {self.fake_url}")
@@ -373,49 +489,15 @@ class Bench:
         wait_for_http(f"{self.fake_url}/_fake/stats", self.fake.process, self.fake.log_path)
 
         log(f"migrating a fresh {self.db.vendor} database, creating the bench keys")
-        code = SETUP_CODE.replace("LIMITED", repr(LIMITED_KEY_ARGS))
-        result = subprocess.run(
-            [PY, "manage.py", "shell", "-c", code],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_KEYS ")), None)
-        if result.returncode != 0 or line is None:
-            raise BenchError(f"database setup failed:\n{result.stderr[-3000:]}")
-        self.keys = json.loads(line.removeprefix("BENCH_KEYS "))
+        self.keys = create_keys(PY, ROOT, env)
 
         log(f"gateway: gunicorn with {self.args.workers} workers on {self.gateway_url}")
-        argv = [
-            PY, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-            "--bind", f"127.0.0.1:{gateway_port}", "--workers", str(self.args.workers),
-        ]  # fmt: skip
-        self.gateway = Server(argv, env, self.workdir / "gateway.log")
-        wait_for_http(f"{self.gateway_url}/healthz", self.gateway.process, self.gateway.log_path)
-        deadline = time.monotonic() + 60
-        while len(children_of(self.gateway.pid)) < self.args.workers:
-            if time.monotonic() > deadline:
-                raise BenchError(f"gunicorn did not start {self.args.workers} workers:\n{tail(self.gateway.log_path)}")
-            time.sleep(0.2)
-        self.check_gateway()
+        self.gateway = start_gateway(PY, ROOT, env, gateway_port, self.args.workers, self.workdir / "gateway.log")
+        check_gateway(self.gateway_url, self.keys["limited"], self.gateway.log_path)
         # Warm up: both workers' first requests (lazy imports, the upstream connection pool, the key cache).
         run_wrk(self.gateway_url, connections=16, duration=1 if self.quick else 2, key=self.keys["limited"])
         run_wrk(self.gateway_url, connections=16, duration=1, key=self.keys["unlimited"])
         run_wrk(self.fake_url, connections=16, duration=1)
-
-    def check_gateway(self) -> None:
-        """One real request through the gateway must succeed before anything is measured."""
-        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
-        request = urllib.request.Request(  # noqa: S310 (a loopback URL we built)
-            self.gateway_url + CHAT_PATH,
-            data=body,
-            headers={"Authorization": f"Bearer {self.keys['limited']}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                answer = json.loads(response.read())
-        except OSError as exc:
-            raise BenchError(f"a request through the gateway failed: {exc}\n{tail(self.gateway.log_path)}") from None
-        if answer.get("object") != "chat.completion":
-            raise BenchError(f"unexpected answer from the gateway: {answer}")
 
     def stop(self) -> None:
         for server in (self.gateway, self.fake):
@@ -439,13 +521,32 @@ class Bench:
 
     # cases
 
-    def gateway_wrk(self, connections: int, key: str) -> dict:
-        workers = self.workers()
-        before = cpu_seconds(workers)
-        result = run_wrk(self.gateway_url, connections=connections, duration=self.duration, key=key)
-        spent = cpu_seconds(workers) - before
-        result["cpu_ms_per_request"] = round(spent * 1000 / max(1, result["requests"]), 3)
-        return result
+    def gateway_wrk(self, connections: int, key: str, endpoint: str = "chat") -> dict:
+        return measure_gateway(
+            self.gateway, self.gateway_url, connections=connections, duration=self.duration, key=key, endpoint=endpoint
+        )
+
+    def endpoint(self, endpoint: str) -> dict:
+        """One endpoint besides chat, closed loop at 16 connections: direct, then through the gateway.
+
+        Checked with one request first, so a gateway without the endpoint fails here with its answer, and warmed
+        up for a second: the workers' first requests to a new path are not what is measured.
+        """
+        path = ENDPOINTS[endpoint].path
+        check_gateway(self.gateway_url, self.keys["limited"], self.gateway.log_path, endpoint)
+        connections = ENDPOINT_CONNECTIONS
+        run_wrk(self.gateway_url, connections=connections, duration=1, key=self.keys["limited"], endpoint=endpoint)
+        log(f"{path}, {connections} connections: direct, then through the gateway")
+        direct = run_wrk(self.fake_url, connections=connections, duration=self.duration, endpoint=endpoint)
+        gateway = self.gateway_wrk(connections, self.keys["limited"], endpoint)
+        level = {
+            "connections": connections,
+            "direct": direct,
+            "gateway": gateway,
+            "added_p50_ms": round(gateway["p50_ms"] - direct["p50_ms"], 3),
+            "added_p99_ms": round(gateway["p99_ms"] - direct["p99_ms"], 3),
+        }
+        return {"path": path, "duration_s": self.duration, "levels": [level]}
 
     def plain(self) -> dict:
         levels = []
@@ -696,6 +797,30 @@ def print_report(results: dict) -> None:
                 )
         else:
             w(f"Database: {database.get('note', 'not measured')}\n")
+    endpoints = [(name, results[name]) for name in ("embeddings", "completions") if name in results]
+    if endpoints:
+        if plain:
+            # The chat row again, so the three endpoints read side by side.
+            chat = next((level for level in plain["levels"] if level["connections"] == ENDPOINT_CONNECTIONS), None)
+            if chat is not None:
+                endpoints.insert(0, ("chat", {"path": CHAT_PATH, "duration_s": plain["duration_s"], "levels": [chat]}))
+        w(
+            f"\nEndpoints, wrk closed loop at {ENDPOINT_CONNECTIONS} connections, "
+            f"{endpoints[-1][1]['duration_s']:g} s each (latency in ms)\n"
+        )
+        w(
+            f"{'endpoint':<21} | {'direct req/s':>12} {'p50':>7} {'p99':>7} | {'gateway req/s':>13} {'p50':>7} "
+            f"{'p99':>8} {'non-2xx':>7} {'CPU ms/req':>10} | {'added p50':>9}\n"
+        )
+        for _name, case in endpoints:
+            for level in case["levels"]:
+                d, g = level["direct"], level["gateway"]
+                w(
+                    f"{case['path']:<21} | {d['rps']:>12,.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
+                    f"{g['rps']:>13,.0f} {g['p50_ms']:>7.2f} {g['p99_ms']:>8.2f} "
+                    f"{g['non_2xx'] + g['socket_errors']:>7} {g['cpu_ms_per_request']:>10.3f} | "
+                    f"{level['added_p50_ms']:>9.2f}\n"
+                )
     streams = results.get("streams")
     if streams:
         level0 = streams["levels"][0]
@@ -718,11 +843,12 @@ def print_report(results: dict) -> None:
             )
             if g["error_kinds"]:
                 w(f"{'':>7}   gateway errors: {g['error_kinds']}\n")
-    w("\nBars\n")
-    for bar in results["bars"]:
-        verdict = ("met" if bar["met"] else "NOT met") if bar["judged"] else "ref"
-        w(f"  [{verdict:>7}] {bar['name']}: {bar['value']} (bar {bar['bar']})\n")
-    w("  (ref: shown for reference, not what the bar is judged on; see README, Performance)\n")
+    if results["bars"]:  # the bars are on chat and streams: none for a run of the other endpoints alone
+        w("\nBars\n")
+        for bar in results["bars"]:
+            verdict = ("met" if bar["met"] else "NOT met") if bar["judged"] else "ref"
+            w(f"  [{verdict:>7}] {bar['name']}: {bar['value']} (bar {bar['bar']})\n")
+        w("  (ref: shown for reference, not what the bar is judged on; see README, Performance)\n")
     w(f"\nResults: {results['meta']['results_file']}\n")
 
 
@@ -757,11 +883,24 @@ def loadavg() -> str:
     return ""
 
 
+def cases(value: str) -> list[str]:
+    chosen = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in CASES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(CASES)} (comma-separated), not {value!r}")
+    return chosen
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (the smoke test uses this)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=["plain", "streams"])
+    parser.add_argument(
+        "--only",
+        type=cases,
+        help=f"comma-separated cases to run, of {','.join(CASES)} (default all; plain is chat, completions the"
+        " legacy endpoint)",
+    )
     parser.add_argument("--duration", type=float, help="seconds per plain run (6, or 1 with --quick)")
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], help="default 1,16,64,256")
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], help="default 100,1000,2000")
@@ -773,6 +912,7 @@ def parse_args(argv=None):
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their path is printed)")
     parser.add_argument("--max-seconds", type=float, help="stop the whole run after this long (default 900)")
     args = parser.parse_args(argv)
+    args.only = args.only or list(CASES)
     args.connections = args.connections or [1, 16, 64, 256]
     args.streams = args.streams or ([20, 100] if args.quick else [100, 1000, 2000])
     args.max_seconds = args.max_seconds or (300 if args.quick else 900)
@@ -809,9 +949,12 @@ def main(argv=None) -> int:
     try:
         bench.start()
         results["meta"].update(database=bench.db.vendor, redis=bool(bench.redis_url))
-        if args.only in (None, "plain"):
+        if "plain" in args.only:
             results["plain"] = bench.plain()
-        if args.only in (None, "streams"):
+        for endpoint in ("embeddings", "completions"):
+            if endpoint in args.only:
+                results[endpoint] = bench.endpoint(endpoint)
+        if "streams" in args.only:
             results["streams"] = bench.streams()
     except (BenchError, subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
         sys.stderr.write(f"bench: {exc}\n")

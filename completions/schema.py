@@ -72,7 +72,7 @@ class ChatCompletionCreateSerializer(serializers.Serializer):
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=128)
-    # The upper bounds are the ones completions/validation.py enforces (found by schemathesis, issue 8).
+    # The upper bounds are the ones completions/validation.py enforces (schemathesis found the gap).
     max_tokens = serializers.IntegerField(
         required=False,
         allow_null=True,
@@ -136,7 +136,7 @@ class ChatCompletionSerializer(serializers.Serializer):
 class ServerSentEventSerializer(serializers.Serializer):
     """One event of a streamed answer (OpenAPI 3.0 describes an event stream by the schema of each event)."""
 
-    data = serializers.CharField(
+    data = serializers.CharField(  # type: ignore[assignment]  # the SSE field, not Serializer.data
         allow_blank=True,
         help_text='A `chat.completion.chunk` as JSON; `{"error": {...}}` for a failure after the stream began; '
         "`[DONE]` last.",
@@ -155,7 +155,7 @@ class ModelSerializer(serializers.Serializer):
 
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField(help_text="Always `list`.")
-    data = ModelSerializer(many=True)
+    data = ModelSerializer(many=True)  # type: ignore[assignment]  # OpenAI's list field, not Serializer.data
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -304,3 +304,115 @@ def describe_stream_options_rule(result, generator, request, public):
             {"required": ["stream"], "properties": {"stream": {"enum": [True]}}},
         ]
     return result
+
+
+# The other relayed endpoints. Their answers are relayed unchanged, so the response schemas stay open objects.
+
+
+class CompletionCreateSerializer(serializers.Serializer):
+    """The main fields of OpenAI's CreateCompletionRequest (legacy completions), with the ranges Tollgate checks."""
+
+    model = serializers.CharField(
+        validators=[RegexValidator(r"\S")], help_text="Model id, e.g. `gpt-3.5-turbo-instruct`."
+    )
+    prompt = AnyJSONField(
+        help_text="A string, an array of strings, an array of token ids or an array of token-id arrays."
+    )
+    max_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=2**31 - 1, help_text="OpenAI's default is 16."
+    )
+    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=128)
+    best_of = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=20, help_text="At least `n`; not with `stream`."
+    )
+    echo = serializers.BooleanField(required=False, allow_null=True)
+    stream = serializers.BooleanField(required=False, allow_null=True)
+    stream_options = StreamOptionsSerializer(
+        required=False, allow_null=True, help_text="Only allowed with `stream: true`."
+    )
+    logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=5)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    seed = serializers.IntegerField(required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1)
+
+
+class EmbeddingCreateSerializer(serializers.Serializer):
+    """The fields of OpenAI's CreateEmbeddingRequest that Tollgate checks."""
+
+    model = serializers.CharField(validators=[RegexValidator(r"\S")], help_text="e.g. `text-embedding-3-small`.")
+    input = AnyJSONField(
+        help_text="A non-empty string, an array of up to 2,048 strings, an array of token ids, or an array of "
+        "token-id arrays."
+    )
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, allow_null=True)
+    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    user = AnyJSONField(required=False)
+
+
+class ModerationCreateSerializer(serializers.Serializer):
+    """OpenAI's CreateModerationRequest."""
+
+    input = AnyJSONField(help_text="A string, an array of strings, or an array of content parts.")
+    model = serializers.CharField(
+        required=False,
+        validators=[RegexValidator(r"\S")],
+        help_text="Default `omni-moderation-latest` (also what the allowlist checks when it is absent).",
+    )
+
+
+def relayed_endpoint_schema(*, summary: str, description: str, tag: str, request, streams: bool):
+    """The description of a relayed endpoint whose answer is the upstream's, unchanged."""
+    ok = {
+        (200, "application/json"): OpenApiResponse(
+            response=OpenApiTypes.OBJECT, description="The upstream's answer, unchanged."
+        )
+    }
+    if streams:
+        ok[(200, "text/event-stream")] = OpenApiResponse(
+            response=ServerSentEventSerializer,
+            description="With `stream: true`: `data:` events ended by `data: [DONE]`, as for chat.",
+        )
+    return extend_schema(
+        summary=summary,
+        description=description,
+        tags=[tag],
+        request=request,
+        parameters=RESPONSE_HEADERS,
+        responses={
+            **ok,
+            400: _error("Invalid JSON or parameters (`param` names the field); type `invalid_request_error`."),
+            **AUTH_ERRORS,
+            404: _error("The model is not allowed for this key or does not exist (code `model_not_found`)."),
+            409: _error("Passed through from the upstream."),
+            413: _error("The body is larger than MAX_REQUEST_BODY_MB (code `request_too_large`)."),
+            415: _error("Passed through from the upstream."),
+            422: _error("Passed through from the upstream."),
+            429: _error("A rate limit, a spent budget, or the upstream's own 429."),
+            **UPSTREAM_ERRORS,
+        },
+    )
+
+
+completion_schema = relayed_endpoint_schema(
+    summary="Create a completion (legacy)",
+    description="OpenAI's `POST /completions`, relayed like chat: plain or streamed, usage recorded and priced.",
+    tag="completions",
+    request=CompletionCreateSerializer,
+    streams=True,
+)
+embedding_schema = relayed_endpoint_schema(
+    summary="Create embeddings",
+    description="OpenAI's `POST /embeddings`. Reserves the input's tokens; priced per million input tokens.",
+    tag="embeddings",
+    request=EmbeddingCreateSerializer,
+    streams=False,
+)
+moderation_schema = relayed_endpoint_schema(
+    summary="Classify input (moderations)",
+    description="OpenAI's `POST /moderations`. Free: counts against requests per minute only; recorded.",
+    tag="moderations",
+    request=ModerationCreateSerializer,
+    streams=False,
+)

@@ -24,14 +24,14 @@ def _text_of(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        # String texts only: the parts are the client's, checked upstream; a mistyped one must not crash us (issue 8).
+        # String texts only: the parts are the client's, checked upstream; a mistyped one must not crash us.
         texts = (part.get("text") for part in content if isinstance(part, dict))
         return " ".join(text for text in texts if isinstance(text, str))
     return ""
 
 
 # Texts longer than this are estimated at one token per 3 characters instead of being tokenized: tokenizing
-# runs on the event loop, and 4 MB of text took 1.15 s there (issue 8's hostile-input run). One token per
+# runs on the event loop, and 4 MB of text took 1.15 s there in a hostile-input run. One token per
 # 3 characters over-reserves for ordinary text (about 4 per token), which a reservation may; settling corrects it.
 TOKENIZE_MAX_CHARS = 20_000
 CHARS_PER_TOKEN_BOUND = 3
@@ -41,6 +41,35 @@ def _count(encode, text: str) -> int:
     if len(text) > TOKENIZE_MAX_CHARS:
         return -(-len(text) // CHARS_PER_TOKEN_BOUND)
     return len(encode(text))
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens of one text (bounded by characters past `TOKENIZE_MAX_CHARS`)."""
+    return _count(_encoding().encode_ordinary, text) if text else 0
+
+
+def estimate_input_tokens(value) -> int:
+    """Tokens of an embeddings `input`, a legacy `prompt` or a moderations `input`.
+
+    A string is tokenized; an array of token ids counts its length; an array of strings or of token arrays sums
+    its items; content parts (`{"type": "text", "text": ...}`) count their text. Anything else counts nothing:
+    the upstream judges it, and the reservation is settled to its reported usage.
+    """
+    if isinstance(value, str):
+        return estimate_text_tokens(value)
+    if not isinstance(value, list) or not value:
+        return 0
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        return len(value)
+    total = 0
+    for item in value:
+        if isinstance(item, str):
+            total += estimate_text_tokens(item)
+        elif isinstance(item, list):
+            total += sum(1 for token in item if isinstance(token, int) and not isinstance(token, bool))
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            total += estimate_text_tokens(item["text"])
+    return total
 
 
 def estimate_prompt_tokens(messages: list) -> int:

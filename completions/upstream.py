@@ -4,9 +4,9 @@ Requests are relayed, not re-modelled: the client's JSON body goes out as bytes,
 raw `httpx2.Response`, unread, so plain answers are returned byte for byte and streams are relayed event by
 event as they arrive. Upstream failures are translated here into Tollgate's errors.
 
-The hot path (`open_chat_completion`) skips the SDK's per-call request building: the SDK rebuilds the URL, the
+The hot path (`open_upstream`) skips the SDK's per-call request building: the SDK rebuilds the URL, the
 headers and a pydantic options model on every call (a quarter of a worker's CPU in a profile). Instead
-`ChatCompletionPoster` takes the URL, key and headers from the SDK client once per event loop and sends each
+`UpstreamPoster` takes the base URL, key and headers from the SDK client once per event loop and sends each
 body through the SDK client's own HTTP client and connection pool (`UPSTREAM_HTTP_CLIENT=sdk`, the default;
 `aiohttp` and `httpx` use a separate pool, for comparison in `make bench`). The answer is the same unread
 `httpx2.Response` the SDK would return, with httpx2's errors. `GET /models` goes through the SDK's full path.
@@ -22,11 +22,12 @@ import openai
 from django.conf import settings
 
 from core.errors import OpenAIError, UpstreamError, UpstreamTimeout
+from core.outcome import ErrorType
 
 logger = logging.getLogger("tollgate.upstream")
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI]" = weakref.WeakKeyDictionary()
-_posters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChatCompletionPoster]" = weakref.WeakKeyDictionary()
+_posters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UpstreamPoster]" = weakref.WeakKeyDictionary()
 
 # Upstream statuses passed to the client as they came: the request itself was wrong.
 PASSTHROUGH_STATUSES = frozenset({400, 404, 409, 413, 415, 422})
@@ -73,12 +74,12 @@ def get_upstream_client() -> openai.AsyncOpenAI:
     return client
 
 
-def get_chat_poster() -> "ChatCompletionPoster":
+def get_poster() -> "UpstreamPoster":
     """The hot-path poster for the running event loop, built from that loop's SDK client."""
     loop = asyncio.get_running_loop()
     poster = _posters.get(loop)
     if poster is None:
-        poster = _posters[loop] = ChatCompletionPoster(get_upstream_client())
+        poster = _posters[loop] = UpstreamPoster(get_upstream_client())
     return poster
 
 
@@ -97,6 +98,7 @@ class UpstreamStatusError(OpenAIError):
     def __init__(self, status: int, content: bytes, content_type: str, headers: dict):
         super().__init__("upstream error", headers=headers)
         self.status_code = status
+        self.outcome_error_type = ErrorType.UPSTREAM_RATE_LIMITED if status == 429 else ErrorType.UPSTREAM_REJECTED
         self.content = content
         self.content_type = content_type
 
@@ -140,28 +142,30 @@ def translate_error_response(response: httpx2.Response) -> OpenAIError:
     return UpstreamError(f"The upstream service failed with status {status}.")
 
 
-async def open_chat_completion(body: bytes) -> httpx2.Response:
-    """POST `body` (already-valid JSON bytes) to the upstream's /chat/completions; return the unread response.
+async def open_upstream(path: str, body: bytes) -> httpx2.Response:
+    """POST `body` (already-valid JSON bytes) to the upstream's `path` (`/chat/completions`, `/embeddings`, ...);
+    return the unread response.
 
     Raises `UpstreamStatusError` (400/404/409/413/415/422/429, to pass through), `UpstreamError` (502: other
     statuses, refused or broken connections) or `UpstreamTimeout` (504: nothing within OPENAI_TIMEOUT).
     The caller must `aclose()` the response.
     """
-    return await get_chat_poster().post(body)
+    return await get_poster().post(path, body)
 
 
-class ChatCompletionPoster:
-    """POST bodies to the upstream's /chat/completions as the SDK would, with everything else prepared once.
+class UpstreamPoster:
+    """POST bodies to the upstream's endpoints as the SDK would, with everything else prepared once.
 
-    The URL, the key and the SDK's headers (Authorization, OpenAI-Organization/-Project, User-Agent and the
+    The base URL, the key and the SDK's headers (Authorization, OpenAI-Organization/-Project, User-Agent and the
     X-Stainless-* headers) come from the SDK client it is built from; timeouts and pool size from settings, as
-    for the SDK client. It keeps its own connection pool. One instance per event loop (`get_chat_poster`);
-    `close()` releases its connections.
+    for the SDK client. With the default `sdk` transport it sends through the SDK client's own HTTP client and
+    connection pool; `aiohttp` and `httpx` build a pool of their own. One instance per event loop
+    (`get_poster`); `close()` releases the connections it owns.
     """
 
     def __init__(self, sdk: openai.AsyncOpenAI):
         self.sdk = sdk
-        self.url = str(sdk.base_url).rstrip("/") + "/chat/completions"
+        self.base_url = str(sdk.base_url).rstrip("/")
         timeout = upstream_timeout()
         headers = {name: value for name, value in sdk.default_headers.items() if isinstance(value, str)}
         headers.update(sdk.auth_headers)
@@ -174,7 +178,7 @@ class ChatCompletionPoster:
         self.transport = settings.UPSTREAM_HTTP_CLIENT
         self._session: aiohttp.ClientSession | None = None
         self._httpx_client: httpx2.AsyncClient | None = None
-        self._httpx_url = httpx2.URL(self.url)
+        self._urls: dict[str, tuple[str, httpx2.URL]] = {}
         self._httpx_headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
         self._httpx_extensions = {"timeout": timeout.as_dict()}
 
@@ -185,15 +189,24 @@ class ChatCompletionPoster:
         elif self.transport == "httpx" and self._httpx_client is None:
             self._httpx_client = self._build_httpx_client()
 
-    async def post(self, body: bytes) -> httpx2.Response:
-        """The unread response to POSTing `body`, or the Tollgate error for a failure (see open_chat_completion)."""
+    def _url(self, path: str) -> tuple[str, httpx2.URL]:
+        urls = self._urls.get(path)
+        if urls is None:
+            url = self.base_url + path
+            urls = self._urls[path] = (url, httpx2.URL(url))
+        return urls
+
+    async def post(self, path: str, body: bytes) -> httpx2.Response:
+        """The unread response to POSTing `body` to `path`, or the Tollgate error for a failure (see
+        open_upstream)."""
+        url, httpx_url = self._url(path)
         try:
             if self.transport == "sdk":
-                response = await self._post_sdk(body)
+                response = await self._post_sdk(httpx_url, body)
             elif self.transport == "aiohttp":
-                response = await self._post_aiohttp(body)
+                response = await self._post_aiohttp(url, body)
             else:
-                response = await self._post_httpx(body)
+                response = await self._post_httpx(httpx_url, body)
             if response.status_code >= 400:
                 try:
                     await response.aread()
@@ -208,24 +221,24 @@ class ChatCompletionPoster:
             raise error
         return response
 
-    async def _post_aiohttp(self, body: bytes) -> httpx2.Response:
+    async def _post_aiohttp(self, url: str, body: bytes) -> httpx2.Response:
         if self._session is None:
             self._session = self._build_session()
-        answer = await self._session.post(self.url, data=body, headers=self.headers)
+        answer = await self._session.post(url, data=body, headers=self.headers)
         return httpx2.Response(
             status_code=answer.status, headers=answer.raw_headers, stream=AiohttpResponseStream(answer)
         )
 
-    async def _post_sdk(self, body: bytes) -> httpx2.Response:
+    async def _post_sdk(self, url: httpx2.URL, body: bytes) -> httpx2.Response:
         # The SDK client's own HTTP client (its aiohttp transport and connection pool), sent a prepared request.
         request = httpx2.Request(
-            "POST", self._httpx_url, headers=self._httpx_headers, content=body, extensions=self._httpx_extensions
+            "POST", url, headers=self._httpx_headers, content=body, extensions=self._httpx_extensions
         )
         return await self.sdk._client.send(request, stream=True)
 
-    async def _post_httpx(self, body: bytes) -> httpx2.Response:
+    async def _post_httpx(self, url: httpx2.URL, body: bytes) -> httpx2.Response:
         request = httpx2.Request(
-            "POST", self._httpx_url, headers=self._httpx_headers, content=body, extensions=self._httpx_extensions
+            "POST", url, headers=self._httpx_headers, content=body, extensions=self._httpx_extensions
         )
         if self._httpx_client is None:
             self._httpx_client = self._build_httpx_client()
@@ -296,7 +309,7 @@ def translate_transport_error(exc: BaseException) -> OpenAIError:
     chain is checked, not just the class: the SDK's aiohttp transport (openai 3.x, vendored httpx_aiohttp) maps a
     refused connection (aiohttp.ClientConnectorError) to ConnectTimeout.
     """
-    cause = exc
+    cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, (aiohttp.ClientConnectorError, httpx2.ConnectError, ConnectionError)):
             logger.warning("upstream connection failed: %s", cause)

@@ -1,17 +1,14 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.negotiation import DefaultContentNegotiation
 
-from completions.apis import ChatCompletionCreateApi, ModelListApi
 from core.health import healthz, readyz
 from core.metrics import metrics_view
 
 urlpatterns = [
-    path("v1/chat/completions", ChatCompletionCreateApi.as_view(), name="chat-completions"),
-    # The route of the original design; identical behaviour.
-    path("api/route", ChatCompletionCreateApi.as_view(), name="api-route"),
-    path("v1/models", ModelListApi.as_view(), name="models"),
+    # Every relayed endpoint (completions.endpoints) and the model list; any other /v1/ path is a JSON 404.
+    path("", include("completions.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

@@ -1,10 +1,12 @@
 """`AsyncAPIView`: DRF's `APIView`, dispatched natively on the event loop.
 
 adrf's APIView runs `initial()` through `sync_to_async` and async authenticators back through `async_to_sync`:
-two thread hops per request, which costs most of the throughput the performance issue asks for. Here
+two thread hops per request, which held the whole gateway to about 450 req/s (README, Performance). Here
 authentication is awaited directly (`aauthenticate` when the class has it) and everything else in DRF's
 request cycle (Request wrapping, exception handling, finalize_response) is DRF's own.
 """
+
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction
 from rest_framework.views import APIView
@@ -27,7 +29,7 @@ class AsyncAPIView(APIView):
             handler = getattr(self, request.method.lower(), None)
             if request.method.lower() not in self.http_method_names or handler is None:
                 handler = self.http_method_not_allowed
-            response = handler(request, *args, **kwargs)
+            response: Any = handler(request, *args, **kwargs)
             if iscoroutinefunction(handler):
                 response = await response
         except Exception as exc:

@@ -10,6 +10,8 @@ import orjson
 from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
 
+from .outcome import ErrorType
+
 logger = logging.getLogger("tollgate.errors")
 
 
@@ -36,6 +38,10 @@ class OpenAIError(drf_exceptions.APIException):
     status_code = 500
     error_type = "server_error"
     error_code: str | None = None
+    # What the request's outcome records when this error ends it (core.outcome.ErrorType).
+    outcome_error_type = ErrorType.SERVER_ERROR
+    # The upstream's `x-request-id`, for errors that came from an upstream answer.
+    upstream_request_id = ""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers=None):
         super().__init__(message)
@@ -54,6 +60,7 @@ class OpenAIError(drf_exceptions.APIException):
 class InvalidRequest(OpenAIError):
     status_code = 400
     error_type = "invalid_request_error"
+    outcome_error_type = ErrorType.INVALID_REQUEST
 
 
 class InvalidAPIKey(OpenAIError, drf_exceptions.AuthenticationFailed):
@@ -68,6 +75,7 @@ class ModelNotFound(OpenAIError):
     status_code = 404
     error_type = "invalid_request_error"
     error_code = "model_not_found"
+    outcome_error_type = ErrorType.MODEL_NOT_ALLOWED
 
 
 class RateLimited(OpenAIError):
@@ -75,6 +83,7 @@ class RateLimited(OpenAIError):
 
     status_code = 429
     error_code = "rate_limit_exceeded"
+    outcome_error_type = ErrorType.RATE_LIMIT_REQUESTS  # the limiter sets the precise one on the outcome
 
     def __init__(self, message: str, *, limit_type: str, headers=None):
         super().__init__(message, headers=headers)
@@ -87,6 +96,7 @@ class QuotaExceeded(OpenAIError):
     status_code = 429
     error_type = "insufficient_quota"
     error_code = "insufficient_quota"
+    outcome_error_type = ErrorType.BUDGET
 
     def __init__(self, message: str, *, headers=None):
         super().__init__(message, headers={"x-should-retry": "false", **(headers or {})})
@@ -96,6 +106,7 @@ class ServiceUnavailable(OpenAIError):
     status_code = 503
     error_type = "server_error"
     error_code = "service_unavailable"
+    outcome_error_type = ErrorType.SERVICE_UNAVAILABLE
 
 
 class UpstreamError(OpenAIError):
@@ -104,12 +115,14 @@ class UpstreamError(OpenAIError):
     status_code = 502
     error_type = "server_error"
     error_code = "upstream_error"
+    outcome_error_type = ErrorType.UPSTREAM_ERROR
 
 
 class UpstreamTimeout(OpenAIError):
     status_code = 504
     error_type = "server_error"
     error_code = "upstream_timeout"
+    outcome_error_type = ErrorType.UPSTREAM_TIMEOUT
 
 
 # DRF's own exceptions, mapped to OpenAI's types and codes.
@@ -147,8 +160,9 @@ def openai_exception_handler(exc, context):
     request_id = getattr(getattr(request, "_request", request), "request_id", "-")
     if isinstance(exc, OpenAIError):
         response = exc.as_response()
-        if getattr(exc, "auth_header", None):
-            response["WWW-Authenticate"] = exc.auth_header
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header:
+            response["WWW-Authenticate"] = auth_header
     elif isinstance(exc, Http404):
         response = error_response(404, "Not found.", "invalid_request_error", None, "not_found")
     elif isinstance(exc, drf_exceptions.APIException):
@@ -157,8 +171,9 @@ def openai_exception_handler(exc, context):
         )
         message, param = _flatten_detail(exc.detail)
         headers = {}
-        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+        wait = getattr(exc, "wait", None)  # DRF's Throttled
+        if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+            headers["Retry-After"] = str(max(1, int(wait + 0.999)))
         response = error_response(exc.status_code, message, type_, param, code, headers)
         auth_header = getattr(exc, "auth_header", None)
         if auth_header:

@@ -13,16 +13,20 @@ from datetime import UTC, datetime
 
 import orjson
 
+from .outcome import ErrorType
+
 request_logger = logging.getLogger("tollgate.requests")
 
 REQUEST_FIELDS = (
     "request_id",
     "key_prefix",
+    "endpoint",
     "model",
     "status",
     "error_type",
     "streamed",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "usage_estimated",
     "latency_ms",
@@ -95,11 +99,13 @@ def request_fields(outcome) -> dict:
     fields = {
         "request_id": outcome.request_id,
         "key_prefix": getattr(key, "prefix", "") or "",
+        "endpoint": outcome.endpoint,
         "model": outcome.model,
         "status": outcome.status,
-        "error_type": outcome.error_type,
+        "error_type": str(outcome.error_type),
         "streamed": outcome.streamed,
         "prompt_tokens": outcome.prompt_tokens,
+        "cached_tokens": outcome.cached_tokens,
         "completion_tokens": outcome.completion_tokens,
         "usage_estimated": outcome.usage_estimated,
         "latency_ms": round(outcome.latency_ms, 2),
@@ -107,7 +113,7 @@ def request_fields(outcome) -> dict:
         "upstream_request_id": outcome.upstream_request_id,
     }
     messages = getattr(outcome, "prompt_messages", None)
-    if messages is not None:  # only filled when LOG_PROMPTS=true (completions/apis.py)
+    if messages is not None:  # only filled when LOG_PROMPTS=true (completions/relay.py)
         fields["messages"] = messages
     return fields
 
@@ -128,11 +134,13 @@ def log_auth_failure(request, exc) -> None:
     fields.update(
         request_id=getattr(django_request, "request_id", ""),
         key_prefix="",
+        endpoint="",
         model="",
         status=401,
-        error_type=getattr(exc, "error_code", None) or "invalid_api_key",
+        error_type=str(ErrorType.INVALID_API_KEY),
         streamed=False,
         prompt_tokens=0,
+        cached_tokens=0,
         completion_tokens=0,
         usage_estimated=False,
         upstream_request_id="",

@@ -8,19 +8,21 @@ workers), and `/metrics` sums them, so one scrape of an instance sees every work
 What is counted, all observed from `core.outcome.REPORTERS` (`observe_request`) and the 401 hook in
 `core.errors` (`observe_auth_failure`):
 
-* `tollgate_requests_total{model,status}`: every request the API answered, 401s included (model "");
-* `tollgate_upstream_latency_seconds{model}`, `tollgate_upstream_ttfb_seconds{model}`: requests that were sent
-  upstream (whole request, and until the first byte of the answer);
-* `tollgate_prompt_tokens_total{model}`, `tollgate_completion_tokens_total{model}`;
-* `tollgate_rejections_total{reason}`: `auth`, `rate_limit_requests`, `rate_limit_tokens`,
-  `rate_limit_concurrency`, `rate_limit` (kind unknown), `budget`, `invalid_request`, `model_not_allowed`,
-  `unavailable`;
+* `tollgate_requests_total{endpoint,model,status}`: every request the API answered, 401s included (endpoint and
+  model "");
+* `tollgate_upstream_latency_seconds{endpoint,model}`, `tollgate_upstream_ttfb_seconds{endpoint,model}`: requests
+  that were sent upstream (whole request, and until the first byte of the answer);
+* `tollgate_prompt_tokens_total{endpoint,model}`, `tollgate_completion_tokens_total{endpoint,model}`;
+* `tollgate_rejections_total{reason}`: `auth`, and each refusal of `core.outcome.ErrorType` that Tollgate makes
+  before asking the upstream (`invalid_request`, `model_not_allowed`, `rate_limit_requests`, `rate_limit_tokens`,
+  `rate_limit_concurrency`, `budget`, `service_unavailable`);
 * `tollgate_streams_in_flight`: streams being relayed now, summed over live workers.
 
 With `METRICS_PER_KEY=true` the request, latency, token and rejection metrics also carry `key` (the key's public
 prefix, never the key): one series per key, so leave it off with many keys.
 
-`model` is the requested model (`""` when the body could not be parsed). Clients choose model names, so each
+`endpoint` is the endpoint's declared name (`chat.completions`, `embeddings`, ...: a closed set). `model` is the
+requested model (`""` when the body could not be parsed). Clients choose model names, so each
 worker labels at most `MAX_MODEL_LABELS` names beyond those the upstream has answered with a 2xx, and counts
 any further name as `other`: normally every model keeps its name, and a client sending made-up names cannot
 create unbounded series.
@@ -43,6 +45,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from .errors import error_response
+from .outcome import GATEWAY_REFUSALS
 
 PER_KEY = settings.METRICS_PER_KEY
 _KEY = ("key",) if PER_KEY else ()
@@ -56,51 +59,38 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 REQUESTS = Counter(
-    "tollgate_requests", "Requests answered by the API, by HTTP status and model.", ("model", "status", *_KEY)
+    "tollgate_requests",
+    "Requests answered by the API, by HTTP status and model.",
+    ("endpoint", "model", "status", *_KEY),
 )
 UPSTREAM_LATENCY = Histogram(
     "tollgate_upstream_latency_seconds",
     "Time from the request reaching the view to the end of the upstream answer (streams: the last event).",
-    ("model", *_KEY),
+    ("endpoint", "model", *_KEY),
     buckets=LATENCY_BUCKETS,
 )
 UPSTREAM_TTFB = Histogram(
     "tollgate_upstream_ttfb_seconds",
     "Time from the request reaching the view to the first byte of the upstream answer relayed to the client.",
-    ("model", *_KEY),
+    ("endpoint", "model", *_KEY),
     buckets=TTFB_BUCKETS,
 )
 PROMPT_TOKENS = Counter(
-    "tollgate_prompt_tokens", "Prompt (input) tokens, as the upstream reported them.", ("model", *_KEY)
+    "tollgate_prompt_tokens", "Prompt (input) tokens, as the upstream reported them.", ("endpoint", "model", *_KEY)
 )
 COMPLETION_TOKENS = Counter(
-    "tollgate_completion_tokens", "Completion (output) tokens, as the upstream reported them.", ("model", *_KEY)
+    "tollgate_completion_tokens",
+    "Completion (output) tokens, as the upstream reported them.",
+    ("endpoint", "model", *_KEY),
 )
 REJECTIONS = Counter("tollgate_rejections", "Requests Tollgate refused itself, by reason.", ("reason", *_KEY))
 STREAMS_IN_FLIGHT = Gauge("tollgate_streams_in_flight", "Streams being relayed right now.", multiprocess_mode="livesum")
 
-# `RequestOutcome.error_type` (set by the view, the limiter or the budget) -> rejection reason. The limiter and the
-# budget set `rate_limit_<kind>` / `budget`; the others are the codes of the errors in `core.errors`.
-REJECTION_REASONS = {
-    "rate_limit_requests": "rate_limit_requests",
-    "rate_limit_tokens": "rate_limit_tokens",
-    "rate_limit_concurrency": "rate_limit_concurrency",
-    "rate_limit_concurrent": "rate_limit_concurrency",
-    "rate_limit_exceeded": "rate_limit",
-    "budget": "budget",
-    "budget_exceeded": "budget",
-    "insufficient_quota": "budget",
-    "invalid_request": "invalid_request",
-    "invalid_request_error": "invalid_request",
-    "invalid_json": "invalid_request",
-    "model_not_found": "model_not_allowed",
-    "service_unavailable": "unavailable",
-}
-
 
 def rejection_reason(outcome) -> str | None:
     """Why Tollgate refused the request itself (before any upstream call), or None if it went upstream."""
-    return REJECTION_REASONS.get(outcome.error_type)
+    error_type = outcome.error_type
+    return str(error_type) if error_type in GATEWAY_REFUSALS else None
 
 
 MAX_MODEL_LABELS = 100
@@ -137,24 +127,25 @@ def observe_request(outcome) -> None:
     """REPORTERS entry: count one finished request."""
     model = model_label(outcome)
     key = (outcome.key.prefix,) if PER_KEY else ()
-    _child(REQUESTS, model, str(outcome.status), *key).inc()
+    endpoint = outcome.endpoint
+    _child(REQUESTS, endpoint, model, str(outcome.status), *key).inc()
     reason = rejection_reason(outcome)
     if reason is not None:
         _child(REJECTIONS, reason, *key).inc()
         return
-    _child(UPSTREAM_LATENCY, model, *key).observe(outcome.latency_ms / 1000)
+    _child(UPSTREAM_LATENCY, endpoint, model, *key).observe(outcome.latency_ms / 1000)
     if outcome.ttfb_ms is not None:
-        _child(UPSTREAM_TTFB, model, *key).observe(outcome.ttfb_ms / 1000)
+        _child(UPSTREAM_TTFB, endpoint, model, *key).observe(outcome.ttfb_ms / 1000)
     if outcome.prompt_tokens:
-        _child(PROMPT_TOKENS, model, *key).inc(outcome.prompt_tokens)
+        _child(PROMPT_TOKENS, endpoint, model, *key).inc(outcome.prompt_tokens)
     if outcome.completion_tokens:
-        _child(COMPLETION_TOKENS, model, *key).inc(outcome.completion_tokens)
+        _child(COMPLETION_TOKENS, endpoint, model, *key).inc(outcome.completion_tokens)
 
 
 def observe_auth_failure(request, exc) -> None:
     """`core.errors.AUTH_FAILURE_REPORTERS` entry: a 401 (the key is unknown, so `key` is empty)."""
     key = ("",) if PER_KEY else ()
-    _child(REQUESTS, "", "401", *key).inc()
+    _child(REQUESTS, "", "", "401", *key).inc()
     _child(REJECTIONS, "auth", *key).inc()
 
 

@@ -10,8 +10,51 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 
 logger = logging.getLogger("tollgate.requests")
+
+
+class ErrorType(StrEnum):
+    """Why a request did not succeed: the one closed set that usage records, metrics and the log line share.
+
+    The first group are refusals by Tollgate itself, before any upstream call; the second are the upstream's
+    answers or failures; the last is the client's own going away.
+    """
+
+    NONE = ""
+    INVALID_API_KEY = "invalid_api_key"  # 401 (only in the log line: no outcome exists before authentication)
+    INVALID_REQUEST = "invalid_request"  # 400: the body failed validation
+    MODEL_NOT_ALLOWED = "model_not_allowed"  # 404: the key may not use the model
+    RATE_LIMIT_REQUESTS = "rate_limit_requests"
+    RATE_LIMIT_TOKENS = "rate_limit_tokens"
+    RATE_LIMIT_CONCURRENCY = "rate_limit_concurrency"
+    BUDGET = "budget"  # 429 insufficient_quota
+    SERVICE_UNAVAILABLE = "service_unavailable"  # 503: the limiter store is down (fail-closed)
+    UPSTREAM_REJECTED = "upstream_rejected"  # an upstream 4xx passed through (400/404/409/413/415/422)
+    UPSTREAM_RATE_LIMITED = "upstream_rate_limited"  # an upstream 429 passed through
+    UPSTREAM_ERROR = "upstream_error"  # 502: upstream 5xx, refused connection, broken stream, bad answer
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
+    CLIENT_DISCONNECTED = "client_disconnected"  # 499, or a stream the client left
+    SERVER_ERROR = "server_error"  # 500: a bug of ours
+
+    @property
+    def refused_by_gateway(self) -> bool:
+        """True for refusals Tollgate makes itself, before the upstream is asked."""
+        return self in GATEWAY_REFUSALS
+
+
+GATEWAY_REFUSALS = frozenset(
+    {
+        ErrorType.INVALID_REQUEST,
+        ErrorType.MODEL_NOT_ALLOWED,
+        ErrorType.RATE_LIMIT_REQUESTS,
+        ErrorType.RATE_LIMIT_TOKENS,
+        ErrorType.RATE_LIMIT_CONCURRENCY,
+        ErrorType.BUDGET,
+        ErrorType.SERVICE_UNAVAILABLE,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -20,11 +63,13 @@ class RequestOutcome:
     key: object  # apikeys.keycache.KeySnapshot
     started: float = field(default_factory=time.perf_counter)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    endpoint: str = ""  # the endpoint's name (`chat.completions`, `embeddings`, ...; completions.endpoints)
     model: str = ""
     streamed: bool = False
     status: int = 200
-    error_type: str = ""  # "" on success; else e.g. invalid_request, rate_limit_requests, budget, upstream_error
-    prompt_tokens: int = 0
+    error_type: ErrorType = ErrorType.NONE
+    prompt_tokens: int = 0  # input tokens, cached ones included
+    cached_tokens: int = 0  # of prompt_tokens, those the upstream served from its prompt cache
     completion_tokens: int = 0
     usage_estimated: bool = False
     cost_usd: Decimal = Decimal(0)

@@ -4,6 +4,8 @@ Endpoints (see the package docstring for the full contract):
 
 * ``POST /v1/chat/completions`` -- deterministic echo completions, plain or SSE-streamed, steered by the
   ``"fake"`` body field (see :class:`fakeupstream.completions.FakeSwitches`).
+* ``POST /v1/completions`` (legacy text completions, plain or streamed), ``POST /v1/embeddings`` and
+  ``POST /v1/moderations``, steered by the same ``"fake"`` field (see their modules).
 * ``GET /v1/models`` and ``GET /v1/models/{id}``.
 * ``GET``/``DELETE /_fake/requests`` -- the ring buffer of the last requests to ``/v1/*``.
 * ``GET``/``DELETE /_fake/stats`` -- ``{"open_streams", "completed", "client_disconnects"}``.
@@ -34,13 +36,16 @@ from aiohttp import web
 from fakeupstream.completions import (
     GARBAGE_BODY,
     MODELS,
-    ChatRequest,
     InvalidRequestError,
+    Reply,
     error_body,
     model_object,
     models_list,
     parse_chat_request,
 )
+from fakeupstream.embeddings import parse_embeddings_request
+from fakeupstream.moderations import parse_moderation_request
+from fakeupstream.text_completions import parse_text_completion_request
 
 try:  # uvloop is optional: it roughly doubles throughput, but the server is correct without it.
     import uvloop
@@ -61,6 +66,14 @@ SHUTDOWN_TIMEOUT = 1.0
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
 _DONE = b"data: [DONE]\n\n"
+
+#: ``POST`` paths that generate an answer, and the parser of each one's body.
+GENERATORS: dict[str, Callable[[bytes], Reply]] = {
+    "/v1/chat/completions": parse_chat_request,
+    "/v1/completions": parse_text_completion_request,
+    "/v1/embeddings": parse_embeddings_request,
+    "/v1/moderations": parse_moderation_request,
+}
 
 
 class RequestRecord:
@@ -270,8 +283,8 @@ class FakeUpstream:
         method = request.method
         if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
             response = self._unauthorized(request)
-        elif path == "/v1/chat/completions" and method == "POST":
-            return await self._chat(request, body, record)
+        elif method == "POST" and (parse := GENERATORS.get(path)) is not None:
+            return await self._generate(request, body, record, parse)
         elif path == "/v1/models" and method == "GET":
             response = _json_response(200, models_list())
         elif path.startswith("/v1/models/") and method == "GET":
@@ -303,25 +316,26 @@ class FakeUpstream:
         message = f"The model '{name}' does not exist or you do not have access to it."
         return _json_response(404, error_body(message, "invalid_request_error", "model_not_found", "model"))
 
-    # ------------------------------------------------------------------ chat completions
+    # ------------------------------------------------------------------ generated answers
 
-    async def _chat(
+    async def _generate(
         self,
         request: web.BaseRequest,
         body: bytes,
         record: _Record,
+        parse: Callable[[bytes], Reply],
     ) -> web.StreamResponse:
-        """Serve ``POST /v1/chat/completions`` including every ``fake`` switch."""
+        """Serve one generating endpoint (chat, legacy completions, embeddings, moderations), every switch."""
         started = time.perf_counter()
         try:
-            chat = parse_chat_request(body)
+            reply = parse(body)
         except InvalidRequestError as exc:
             self._finished(record, 400)
             return _json_response(400, error_body(str(exc), "invalid_request_error", None, exc.param))
         number = next(self._ids)
-        fake = chat.fake
-        if not (fake.delay or fake.hang or chat.stream):
-            return self._respond(chat, number, started, record)
+        fake = reply.fake
+        if not (fake.delay or fake.hang or reply.stream):
+            return self._respond(reply, number, started, record)
         # Long-lived: tracked so that stop() can cancel it instead of waiting for it.
         task = asyncio.current_task()
         self._lingering.add(task)
@@ -334,15 +348,15 @@ class FakeUpstream:
             except asyncio.CancelledError:
                 self._client_gone(record)
                 raise
-            if chat.stream and fake.status is None and not fake.garbage:
-                return await self._stream(request, chat, number, _headers(number, started), record)
-            return self._respond(chat, number, started, record)
+            if reply.stream and fake.status is None and not fake.garbage:
+                return await self._stream(request, reply, number, _headers(number, started), record)
+            return self._respond(reply, number, started, record)
         finally:
             self._lingering.discard(task)
 
-    def _respond(self, chat: ChatRequest, number: int, started: float, record: _Record) -> web.Response:
-        """Return the complete (non-streamed) answer: a ``status`` error, ``garbage`` or a completion."""
-        fake = chat.fake
+    def _respond(self, reply: Reply, number: int, started: float, record: _Record) -> web.Response:
+        """Return the complete (non-streamed) answer: a ``status`` error, ``garbage`` or the reply."""
+        fake = reply.fake
         headers = _headers(number, started)
         if fake.status is not None:
             headers["Content-Type"] = fake.content_type or _JSON
@@ -354,31 +368,30 @@ class FakeUpstream:
             response = web.Response(status=200, body=GARBAGE_BODY, headers=headers)
         else:
             headers["Content-Type"] = _JSON
-            response = web.Response(status=200, body=_completion(chat, number), headers=headers)
+            response = web.Response(status=200, body=reply.plain(number), headers=headers)
         self._finished(record, response.status)
         return response
 
     async def _stream(
         self,
         request: web.BaseRequest,
-        chat: ChatRequest,
+        reply: Reply,
         number: int,
         headers: dict[str, str],
         record: _Record,
     ) -> web.StreamResponse:
-        """Send ``chat`` as server-sent events, writing each chunk to the socket as soon as it is made.
+        """Send ``reply`` as server-sent events, writing each chunk to the socket as soon as it is made.
 
-        Chunks are paced on absolute deadlines (``start + i * chunk_delay``) so a loaded server does not
-        drift.  A client disconnect (handler cancelled, or a write failing) is recorded and ends the stream;
-        ``cut_after_chunks`` closes the connection after that many content chunks, without the final chunk,
-        the terminating HTTP chunk or ``[DONE]``.
+        Content chunks are paced on absolute deadlines (``start + i * chunk_delay``) so a loaded server does
+        not drift.  A client disconnect (handler cancelled, or a write failing) is recorded and ends the
+        stream; ``cut_after_chunks`` closes the connection after that many content chunks, without the
+        final chunks, the terminating HTTP chunk or ``[DONE]``.
         """
         headers["Content-Type"] = _SSE
         headers["Cache-Control"] = "no-cache"
         response = web.StreamResponse(status=200, headers=headers)
-        fake = chat.fake
-        chunk = _ChunkMaker(f"chatcmpl-fake{number}", chat.model, chat.include_usage)
-        pieces = chat.pieces
+        fake = reply.fake
+        plan = reply.plan(number)
         cut = fake.cut_after_chunks
         delay = fake.chunk_delay
         loop = asyncio.get_running_loop()
@@ -388,15 +401,17 @@ class FakeUpstream:
         self.open_streams += 1
         try:
             await response.prepare(request)
-            await response.write(chunk.role())
+            for event in plan.head:
+                await response.write(event)
             deadline = loop.time()
-            for sent, piece in enumerate(pieces if cut is None else pieces[:cut], 1):
+            content = plan.content if cut is None else itertools.islice(plan.content, cut)
+            for sent, event in enumerate(content, 1):
                 if delay:
                     deadline += delay
                     pause = deadline - loop.time()
                     if pause > 0:
                         await asyncio.sleep(pause)
-                await response.write(chunk.content(piece))
+                await response.write(event)
                 if record is not None:
                     record.chunks_sent = sent
             if cut is not None:
@@ -407,9 +422,8 @@ class FakeUpstream:
                 pause = deadline - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)
-            await response.write(chunk.finish())
-            if chat.include_usage:
-                await response.write(chunk.usage(chat.usage))
+            for event in plan.tail:
+                await response.write(event)
             await response.write(_DONE)
             await response.write_eof()
         except asyncio.CancelledError:
@@ -480,78 +494,6 @@ class FakeUpstream:
             return _not_found(method, path)
         message = f"Method not allowed ({method} {path})"
         return _json_response(405, error_body(message, "invalid_request_error"))
-
-
-class _ChunkMaker:
-    """Builds the ``data: {...}`` SSE events (each ending in a blank line) of one streamed completion."""
-
-    __slots__ = ("_base", "_include_usage", "_prefix", "_suffix")
-
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
-        self._include_usage = include_usage
-        self._base = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": "fp_fake",
-        }
-        # Content chunks are the hot path: splice the JSON-encoded piece between constant bytes.
-        head = orjson.dumps(self._base)[:-1]
-        self._prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
-        self._suffix = b'},"logprobs":null,"finish_reason":null}]' + (
-            b',"usage":null}\n\n' if include_usage else b"}\n\n"
-        )
-
-    def _event(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
-        data = dict(self._base)
-        data["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
-        if self._include_usage:
-            data["usage"] = None
-        return b"data: " + orjson.dumps(data) + b"\n\n"
-
-    def role(self) -> bytes:
-        """Return the first event: ``delta = {"role": "assistant", "content": ""}``."""
-        return self._event({"role": "assistant", "content": ""}, None)
-
-    def content(self, piece: str) -> bytes:
-        """Return one content event carrying ``piece``."""
-        return self._prefix + orjson.dumps(piece) + self._suffix
-
-    def finish(self) -> bytes:
-        """Return the event with an empty delta and ``finish_reason: "stop"``."""
-        return self._event({}, "stop")
-
-    def usage(self, usage: dict[str, Any]) -> bytes:
-        """Return the extra ``include_usage`` event: no choices, just the usage object."""
-        data = dict(self._base)
-        data["choices"] = []
-        data["usage"] = usage
-        return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def _completion(chat: ChatRequest, number: int) -> bytes:
-    """Return the JSON of a non-streamed ``chat.completion`` object."""
-    return orjson.dumps(
-        {
-            "id": f"chatcmpl-fake{number}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": chat.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": chat.text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": chat.usage,
-            "service_tier": "default",
-            "system_fingerprint": "fp_fake",
-        }
-    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -57,6 +57,9 @@ class RedisLimitStore(LimitStore):
 
     max_connections = 128  # per event loop; a burst beyond it waits for a free connection
     pool_wait_seconds = 5.0
+    # Opening a connection may take longer than a command: a burst opens dozens at once, and on a busy host the
+    # handshakes queue behind each other. A Redis that is down refuses at once, so this does not slow a 503.
+    min_connect_seconds = 2.0
 
     def build_client(self) -> aioredis.Redis:
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -64,7 +67,7 @@ class RedisLimitStore(LimitStore):
             max_connections=self.max_connections,
             timeout=self.pool_wait_seconds,
             socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
+            socket_connect_timeout=max(self.timeout, self.min_connect_seconds),
             retry=Retry(NoBackoff(), 0),
         )
         return aioredis.Redis(connection_pool=pool)
@@ -86,7 +89,9 @@ class RedisLimitStore(LimitStore):
             task.add_done_callback(self._closing.discard)
 
     def keys(self, ticket: LimitTicket) -> list[str]:
-        # One hash tag per API key: every key of one script is in the same Redis Cluster slot.
+        # Every key of one script carries the same hash tag, `{scope}`. This client is a plain `redis.asyncio.Redis`
+        # (no Cluster support), so nothing needs it today; it keeps the layout Cluster-ready, where all keys of a
+        # Lua script must hash to one slot.
         base = f"{self.prefix}:{{{ticket.scope}}}"
         label = ticket.budget.window.label if ticket.budget is not None else "-"
         return [

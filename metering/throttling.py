@@ -1,47 +1,49 @@
 """Per-key rate limits (requests/min, tokens/min, concurrent requests) and budgets, admitted in one atomic step.
 
-The limits are DRF throttle classes (`RequestRateThrottle`, `TokenRateThrottle`, `ConcurrencyThrottle`; the view
-lists them as `throttle_classes = COMPLETION_THROTTLES`), each reading its limit from the key or the project
-default. DRF would check them one by one, and a request refused by the third would already have been counted by
-the first; so the view calls `admit()` instead, which gathers every throttle's part and the budget reservation
-into one `LimitTicket` and hands it to the store (`metering`) in ONE atomic call: either the request
-is counted against everything, or nothing changes. The throttles' own `allow_request`/`wait` (DRF's interface)
-go through the same store, for use on other views.
+The limits are DRF throttle classes (`RequestRateThrottle`, `TokenRateThrottle`, `ConcurrencyThrottle`), each
+reading its limit from the key or the project default. DRF would check them one by one, and a request refused by
+the third would already have been counted by the first; so the relay does not call DRF's `check_throttles`.
+Instead `admit()` gathers every throttle's part and the budget reservation into one `LimitTicket` and hands it to
+the store (`metering`) in ONE atomic call: either the request is counted against everything, or nothing changes.
 
-Contract of `admit(*, request, view, key, chat, outcome) -> Admission`:
+What a request asks for is a `Demand`, the same for every endpoint: its model, its estimated input tokens, how
+many output tokens it may generate, and whether it is priced. The endpoint builds it; nothing here knows about
+chat messages or embeddings.
 
-* over a limit → raises `RateLimited` (429, type `requests` or `tokens`, code `rate_limit_exceeded`, a message
-  naming the limit, `Retry-After` = whole seconds until the request would fit, 1 to 60); budget spent →
-  `QuotaExceeded` (429 `insufficient_quota`, `x-should-retry: false`, when it renews). Both before any upstream
-  call. `outcome.error_type` says which (`rate_limit_requests|tokens|concurrency`, `budget`).
-* store unreachable → `ServiceUnavailable` (503), or with `RATE_LIMIT_FAIL_OPEN` the request passes unmetered
-  (a warning at most once a minute per process).
-* admitted → an `Admission`: `headers` (the `x-ratelimit-*` trios of every limited dimension; the view adds them
-  to the response), `prompt_estimate`, and `settle(outcome)`, which the view awaits exactly once when the
-  upstream has answered or failed: it prices the request (`outcome.cost_usd`), replaces the token reservation by
-  the real usage, frees the concurrency slot and turns the budget reservation into spend.
+Contract of `admit(*, key, demand, outcome, throttles=DEFAULT_THROTTLES)`, an async context manager:
 
-Token reservations: the prompt (tiktoken estimate) plus `max_completion_tokens`/`max_tokens` x `n`, or, when the
-request sets neither, `RATE_LIMIT_DEFAULT_MAX_TOKENS` x `n` capped to what the key's limit leaves after the
-prompt. Budget reservations: the worst-case cost, prompt estimate x input price + (max tokens, else the price
-row's `max_output_tokens`) x `n` x output price.
+* entering it admits the request, or raises before anything is counted: over a limit → `RateLimited` (429, type
+  `requests` or `tokens`, code `rate_limit_exceeded`, a message naming the limit, `Retry-After` = whole seconds
+  until the request would fit, 1 to 60); budget spent → `QuotaExceeded` (429 `insufficient_quota`,
+  `x-should-retry: false`, when it renews); store unreachable → `ServiceUnavailable` (503), or with
+  `RATE_LIMIT_FAIL_OPEN` the request passes unmetered (a warning at most once a minute per process).
+  `outcome.error_type` says which.
+* inside it, `admission.headers` are the `x-ratelimit-*` trios of every limited dimension (for the response).
+* leaving it, on every path (an answer, an exception, a cancellation, a generator closed), settles exactly once:
+  it prices the request from the outcome's usage (`outcome.cost_usd`), replaces the token reservation by the
+  real usage, frees the concurrency slot and turns the budget reservation into spend. A settlement the store
+  cannot take is retried in the background; at worst the slot expires by itself.
+
+Token reservations: the input estimate plus, for an endpoint with output, the request's maximum output tokens x
+choices, or `RATE_LIMIT_DEFAULT_MAX_TOKENS` x choices capped to what the key's limit leaves after the input.
+Budget reservations: the worst-case cost, input estimate x input price + (max tokens, else the price row's
+`max_output_tokens`) x choices x output price; 0 for an unpriced endpoint.
 """
 
 import asyncio
 import logging
 import math
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from rest_framework.throttling import BaseThrottle
 
-from completions.tokens import estimate_prompt_tokens
-from core.errors import InvalidRequest, QuotaExceeded, RateLimited, ServiceUnavailable
+from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable
+from core.outcome import ErrorType
 from usage import pricing
 
 from . import (
@@ -66,6 +68,24 @@ MAX_RETRY_AFTER = 60
 SETTLE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
+@dataclass(slots=True, frozen=True)
+class Demand:
+    """What one request asks of its key's limits and budget, whatever its endpoint.
+
+    `input_tokens` is the estimate of what the upstream will count as input; `max_output_tokens` the request's
+    own bound per choice (None: it sets none); `choices` how many outputs are generated (`n`, `best_of`).
+    `output` is False for endpoints that generate no tokens (embeddings, moderations); `priced` is False for
+    endpoints that cost nothing (moderations): they reserve and settle no money.
+    """
+
+    model: str
+    input_tokens: int
+    max_output_tokens: int | None = None
+    choices: int = 1
+    output: bool = True
+    priced: bool = True
+
+
 # THROTTLES
 
 
@@ -73,52 +93,25 @@ class KeyThrottle(BaseThrottle):
     """One per-key limit. Subclasses set `scope`, `key_field` (the APIKey field) and `default_setting`.
 
     `get_limit(key)` → the key's own value, else the project default, else None (unlimited).
-    `contribute(ticket, …)` puts this limit into the ticket that `admit` evaluates atomically.
+    `contribute(ticket, key=, demand=)` puts this limit into the ticket that `admit` evaluates atomically.
+
+    DRF's one-by-one `allow_request` is deliberately not supported: it would count a request against one limit
+    while another refuses it. Views admit through `admit()`.
     """
 
     scope = ""
     key_field = ""
     default_setting = ""
-    timer = time.time
-
-    def __init__(self):
-        self._retry_at: float | None = None
 
     def get_limit(self, key) -> int | None:
         value = getattr(key, self.key_field, None)
         return value if value is not None else getattr(settings, self.default_setting, None)
 
-    def get_store(self) -> LimitStore:
-        return get_limit_store()
-
-    def contribute(self, ticket: LimitTicket, *, key, chat, prompt_estimate: int) -> None:
+    def contribute(self, ticket: LimitTicket, *, key, demand: Demand) -> None:
         raise NotImplementedError
 
-    # DRF's interface, for views that check throttles one by one (the completion view uses `admit`).
-
     def allow_request(self, request, view) -> bool:
-        """Count this request against this one limit (through the same atomic store); True if it fits."""
-        key = request.auth
-        if key is None or self.get_limit(key) is None:
-            return True
-        chat, prompt_estimate = _chat_of(request)
-        ticket = LimitTicket(key_prefix=key.prefix, scope=key.lineage, request_id=f"drf_{uuid.uuid4().hex}")
-        self.contribute(ticket, key=key, chat=chat, prompt_estimate=prompt_estimate)
-        ticket.hold_concurrency = False  # nothing would free the slot: only check that one is free
-        try:
-            result = async_to_sync(self.get_store().admit)(ticket)
-        except StoreUnavailable as exc:
-            if settings.RATE_LIMIT_FAIL_OPEN:
-                _warn_store_down(exc)
-                return True
-            raise ServiceUnavailable(STORE_DOWN_MESSAGE, headers={"Retry-After": "1"}) from None
-        self._retry_at = None if result.admitted else self.timer() + result.retry_ms / 1000
-        return result.admitted
-
-    def wait(self) -> float | None:
-        if self._retry_at is None:
-            return None
-        return max(self._retry_at - self.timer(), 0.0)
+        raise NotImplementedError("Tollgate's limits are admitted atomically by metering.throttling.admit().")
 
 
 class RequestRateThrottle(KeyThrottle):
@@ -128,23 +121,23 @@ class RequestRateThrottle(KeyThrottle):
     key_field = "rpm"
     default_setting = "RATE_LIMIT_DEFAULT_RPM"
 
-    def contribute(self, ticket, *, key, chat, prompt_estimate):
+    def contribute(self, ticket, *, key, demand):
         ticket.rpm = self.get_limit(key)
 
 
 class TokenRateThrottle(KeyThrottle):
-    """Tokens per minute (`APIKey.tpm`, default `RATE_LIMIT_DEFAULT_TPM`): prompt + reserved completion tokens."""
+    """Tokens per minute (`APIKey.tpm`, default `RATE_LIMIT_DEFAULT_TPM`): input + reserved output tokens."""
 
     scope = "tokens"
     key_field = "tpm"
     default_setting = "RATE_LIMIT_DEFAULT_TPM"
 
-    def contribute(self, ticket, *, key, chat, prompt_estimate):
+    def contribute(self, ticket, *, key, demand):
         limit = self.get_limit(key)
         if limit is None:
             return
         ticket.tpm = limit
-        ticket.tokens = prompt_estimate + (completion_reservation(chat, prompt_estimate, limit) if chat else 0)
+        ticket.tokens = demand.input_tokens + output_reservation(demand, limit)
 
 
 class ConcurrencyThrottle(KeyThrottle):
@@ -154,46 +147,42 @@ class ConcurrencyThrottle(KeyThrottle):
     key_field = "max_concurrent"
     default_setting = "RATE_LIMIT_DEFAULT_MAX_CONCURRENT"
 
-    def contribute(self, ticket, *, key, chat, prompt_estimate):
+    def contribute(self, ticket, *, key, demand):
         ticket.max_concurrent = self.get_limit(key)
 
 
-COMPLETION_THROTTLES: list = [RequestRateThrottle, TokenRateThrottle, ConcurrencyThrottle]
+DEFAULT_THROTTLES: tuple = (RequestRateThrottle, TokenRateThrottle, ConcurrencyThrottle)
 
 
-def _chat_of(request):
-    from completions.validation import parse_chat_request
-
-    try:
-        chat = parse_chat_request(request._request.body)
-    except (InvalidRequest, AttributeError):
-        return None, 0
-    return chat, estimate_prompt_tokens(chat.data["messages"])
-
-
-def completion_reservation(chat, prompt_estimate: int, limit: int | None) -> int:
-    """Completion tokens to reserve: the request's maximum x n, else the default x n capped to what `limit`
-    leaves after the prompt (a request without max_tokens is not refused as too large by the default alone)."""
-    choices = chat.data.get("n") or 1
-    if chat.max_output_tokens is not None:
-        return chat.max_output_tokens * choices
-    reserve = settings.RATE_LIMIT_DEFAULT_MAX_TOKENS * choices
+def output_reservation(demand: Demand, limit: int | None) -> int:
+    """Output tokens to reserve: the request's maximum x choices, else the default x choices capped to what `limit`
+    leaves after the input (a request without max_tokens is not refused as too large by the default alone)."""
+    if not demand.output:
+        return 0
+    if demand.max_output_tokens is not None:
+        return demand.max_output_tokens * demand.choices
+    reserve = settings.RATE_LIMIT_DEFAULT_MAX_TOKENS * demand.choices
     if limit is not None:
-        reserve = min(reserve, max(limit - prompt_estimate, 0))
+        reserve = min(reserve, max(limit - demand.input_tokens, 0))
     return reserve
 
 
-def budget_hold(key, chat, prompt_estimate: int, now: datetime) -> BudgetHold | None:
+def budget_hold(key, demand: Demand, now: datetime) -> BudgetHold | None:
     """The worst-case cost of this request as a reservation against the key's budget (None: no budget)."""
     if key.budget_usd is None:
         return None
     window = BudgetWindow.at(key.budget_period, now)
-    worst = pricing.worst_case_cost_usd(
-        chat.model, prompt_estimate, chat.max_output_tokens, chat.data.get("n") or 1, at=now
-    )
+    if not demand.priced:
+        worst = 0
+    else:
+        max_output = demand.max_output_tokens if demand.output else 0
+        worst = pricing.usd_to_units(
+            pricing.worst_case_cost_usd(demand.model, demand.input_tokens, max_output, demand.choices, at=now),
+            round_up=True,
+        )
     return BudgetHold(
         cap=pricing.usd_to_units(key.budget_usd),
-        reserve=pricing.usd_to_units(worst, round_up=True),
+        reserve=worst,
         window=window,
         ttl=window.ttl_seconds(now),
     )
@@ -202,32 +191,80 @@ def budget_hold(key, chat, prompt_estimate: int, now: datetime) -> BudgetHold | 
 # ADMISSION
 
 
-@dataclass(slots=True, eq=False)
 class Admission:
-    """An admitted request. `headers` go on its response; `settle(outcome)` is awaited exactly once after it."""
+    """One request's admission (see the module docstring): `async with admit(...) as admission:`.
 
-    prompt_estimate: int
-    headers: dict = field(default_factory=dict)
-    model: str = ""
-    ticket: LimitTicket | None = None
-    result: AdmitResult | None = None
-    store: LimitStore | None = None
-    settled: bool = False
+    `headers` go on its response. Leaving the block settles exactly once, from the outcome's usage.
+    """
 
-    async def settle(self, outcome) -> None:
-        """Price the request (`outcome.cost_usd`) and settle its reservations to its real usage. Never raises
-        for a store failure: the settlement is retried in the background, and at worst the slot expires."""
+    __slots__ = ("demand", "headers", "key", "outcome", "result", "settled", "store", "throttles", "ticket")
+
+    def __init__(self, *, key, demand: Demand, outcome, throttles=DEFAULT_THROTTLES):
+        self.key = key
+        self.demand = demand
+        self.outcome = outcome
+        self.throttles = throttles
+        self.ticket: LimitTicket | None = None
+        self.store: LimitStore | None = None
+        self.result: AdmitResult | None = None
+        self.headers: dict = {}
+        self.settled = False
+
+    async def __aenter__(self) -> "Admission":
+        book = pricing.get_price_book()
+        if not book.loaded or book.refresh_due():
+            await book.aensure_fresh()
+        key = self.key
+        outcome = self.outcome
+        ticket = LimitTicket(key_prefix=key.prefix, scope=key.lineage, request_id=outcome.request_id)
+        for throttle_class in self.throttles:
+            throttle_class().contribute(ticket, key=key, demand=self.demand)
+        ticket.budget = budget_hold(key, self.demand, datetime.now(UTC))
+        if not ticket.limited:
+            return self
+        store = get_limit_store()
+        try:
+            result = await store.admit(ticket)
+            if result.status == NEED_BUDGET_INIT:
+                assert ticket.budget is not None  # only a budget's counter needs initialising
+                ticket.budget.initial = await _spent_in_database(ticket)
+                result = await store.admit(ticket)
+        except StoreUnavailable as exc:
+            _warn_store_down(exc)
+            if settings.RATE_LIMIT_FAIL_OPEN:
+                return self  # unmetered: nothing to settle
+            outcome.error_type = ErrorType.SERVICE_UNAVAILABLE
+            raise ServiceUnavailable(STORE_DOWN_MESSAGE, headers={"Retry-After": "1"}) from None
+        headers = rate_limit_headers(ticket, result)
+        if not result.admitted:
+            raise refusal(ticket, result, headers, outcome)
+        self.ticket, self.store, self.result = ticket, store, result
+        self.headers = headers
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Price the request (`outcome.cost_usd`) and settle its reservations to its real usage, once."""
         if self.settled:
             return
         self.settled = True
-        outcome.cost_usd = pricing.cost_usd(
-            self.model or outcome.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.started_at
-        )
-        if self.ticket is None:
+        outcome = self.outcome
+        demand = self.demand
+        if demand.priced:
+            outcome.cost_usd = pricing.cost_usd(
+                demand.model,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                outcome.started_at,
+                cached_tokens=outcome.cached_tokens,
+            )
+        if self.ticket is None or self.result is None or self.store is None:
             return
         tokens = outcome.prompt_tokens + outcome.completion_tokens
         cost = pricing.usd_to_units(outcome.cost_usd)
-        # Shielded: a client that disconnects cancels the view's task, but its slot must still be freed.
+        # Shielded: a client that disconnects cancels the relay's task, but its slot must still be freed.
         task = asyncio.ensure_future(self.store.settle(self.ticket, self.result, tokens=tokens, cost=cost))
         try:
             settled = await asyncio.shield(task)
@@ -235,6 +272,8 @@ class Admission:
             _warn_store_down(exc, action="settle")
             _settle_later(self.store, self.ticket, self.result, tokens, cost)
             return
+        except asyncio.CancelledError:
+            raise  # the shielded settlement goes on by itself
         except Exception:
             logger.exception("limits: settling request %s failed", self.ticket.request_id)
             return
@@ -243,48 +282,19 @@ class Admission:
             self.headers["x-ratelimit-reset-tokens"] = format_duration(settled.tpm_reset_ms)
 
 
-async def admit(*, request, view, key, chat, outcome) -> Admission:
-    """Admit the request against every limit of `key` and its budget, atomically (see the module docstring)."""
-    prompt_estimate = estimate_prompt_tokens(chat.data["messages"])
-    book = pricing.get_price_book()
-    if not book.loaded or book.refresh_due():
-        await book.aensure_fresh()
-    admission = Admission(prompt_estimate=prompt_estimate, model=chat.model)
-    ticket = LimitTicket(key_prefix=key.prefix, scope=key.lineage, request_id=outcome.request_id)
-    for throttle in view.get_throttles():
-        throttle.contribute(ticket, key=key, chat=chat, prompt_estimate=prompt_estimate)
-    ticket.budget = budget_hold(key, chat, prompt_estimate, datetime.now(UTC))
-    if not ticket.limited:
-        return admission
+def admit(*, key, demand: Demand, outcome, throttles=DEFAULT_THROTTLES) -> Admission:
+    """The admission of one request against every limit of `key` and its budget (see the module docstring).
 
-    store = get_limit_store()
-    try:
-        result = await store.admit(ticket)
-        if result.status == NEED_BUDGET_INIT:
-            ticket.budget.initial = await _spent_in_database(ticket)
-            result = await store.admit(ticket)
-    except StoreUnavailable as exc:
-        if settings.RATE_LIMIT_FAIL_OPEN:
-            _warn_store_down(exc)
-            return admission
-        _warn_store_down(exc)
-        outcome.error_type = "service_unavailable"
-        raise ServiceUnavailable(STORE_DOWN_MESSAGE, headers={"Retry-After": "1"}) from None
-
-    headers = rate_limit_headers(ticket, result)
-    if not result.admitted:
-        raise refusal(ticket, result, headers, outcome)
-    admission.headers = headers
-    admission.ticket = ticket
-    admission.result = result
-    admission.store = store
-    return admission
+    Use it as `async with admit(...) as admission:`; entering admits (or raises), leaving settles once.
+    """
+    return Admission(key=key, demand=demand, outcome=outcome, throttles=throttles)
 
 
 STORE_DOWN_MESSAGE = "The rate limiter is unavailable, so the request was not sent upstream. Please retry shortly."
 
 
 async def _spent_in_database(ticket: LimitTicket) -> int:
+    assert ticket.budget is not None
     try:
         return await sync_to_async(budget_spent_in_database, thread_sensitive=False)(ticket.scope, ticket.budget.window)
     except DatabaseError as exc:
@@ -336,10 +346,10 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
     wait = format_duration(result.retry_ms)
     retry_headers = {**headers, "Retry-After": str(retry_after_seconds(result.retry_ms))}
     if status == REFUSED_BUDGET:
-        outcome.error_type = "budget"
+        outcome.error_type = ErrorType.BUDGET
         return QuotaExceeded(_budget_message(ticket, result), headers=headers)
     if status == REFUSED_REQUESTS:
-        outcome.error_type = "rate_limit_requests"
+        outcome.error_type = ErrorType.RATE_LIMIT_REQUESTS
         return RateLimited(
             f"Rate limit reached for key {prefix} on requests per min (RPM): Limit {ticket.rpm}, "
             f"Used {result.rpm_count}, Requested 1. Please try again in {wait}.",
@@ -347,7 +357,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
             headers=retry_headers,
         )
     if status == REFUSED_TOKENS:
-        outcome.error_type = "rate_limit_tokens"
+        outcome.error_type = ErrorType.RATE_LIMIT_TOKENS
         return RateLimited(
             f"Rate limit reached for key {prefix} on tokens per min (TPM): Limit {ticket.tpm}, "
             f"Used {result.tpm_used}, Requested {ticket.tokens}. Please try again in {wait}.",
@@ -355,7 +365,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
             headers=retry_headers,
         )
     if status == REFUSED_TOKENS_NEVER:
-        outcome.error_type = "rate_limit_tokens"
+        outcome.error_type = ErrorType.RATE_LIMIT_TOKENS
         return RateLimited(
             f"Request too large for key {prefix} on tokens per min (TPM): Limit {ticket.tpm}, "
             f"Requested {ticket.tokens}. The input or output tokens must be reduced (set a lower max_tokens) "
@@ -364,7 +374,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
             headers={**headers, "x-should-retry": "false"},
         )
     if status == REFUSED_CONCURRENCY:
-        outcome.error_type = "rate_limit_concurrency"
+        outcome.error_type = ErrorType.RATE_LIMIT_CONCURRENCY
         return RateLimited(
             f"Too many concurrent requests for key {prefix}: Limit {ticket.max_concurrent}, "
             f"In flight {result.concurrent}. Please try again when one of them has finished.",
@@ -376,6 +386,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
 
 def _budget_message(ticket: LimitTicket, result: AdmitResult) -> str:
     budget = ticket.budget
+    assert budget is not None  # a budget refusal has a budget
     window = budget.window
     usd = pricing.units_to_usd
     per = {"day": "per day (UTC)", "month": "per month (UTC)"}.get(window.period, "in total")

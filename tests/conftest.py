@@ -256,7 +256,7 @@ def assert_openai_error(response, status: int, *, type_=None, code=None, param=N
     return error
 
 
-# -- reliability helpers (issue 8): worker processes, steady load, recovery times ----------------------------------
+# -- reliability helpers: worker processes, steady load, recovery times ----------------------------------------------
 
 
 def child_pids(pid: int) -> set[int]:

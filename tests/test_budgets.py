@@ -220,20 +220,42 @@ def test_an_unknown_model_is_priced_at_the_fallback_with_a_warning(db, settings,
 
 
 def test_default_prices_cover_current_openai_models(db):
-    from django.apps import apps
+    """The seeding of usage/0003 (through the models as they were at that migration) prices every current
+    model, with its cached-input rate, and the endpoints beyond chat."""
+    from types import SimpleNamespace
+
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
 
     from usage.models import ModelPrice
     from usage.pricing import PriceBook
 
-    migration = importlib.import_module("completions.migrations.0003_seed_model_prices")  # seeds through the historic app
+    name = "0003_openai_prices_with_cached_input"
+    migration = importlib.import_module(f"usage.migrations.{name}")
+    historic = MigrationExecutor(connection).loader.project_state(("usage", name)).apps
     ModelPrice.objects.all().delete()
-    migration.seed(apps, None)
+    migration.seed(historic, SimpleNamespace(connection=connection))
     book = PriceBook(check_seconds=60)
     book.load()
     for model in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini", "gpt-5"):
         assert book.price_for(model).model == model
     assert book.price_for("gpt-4o-2024-08-06").cost(1_000_000, 1_000_000) == Decimal("12.50")
     assert book.price_for("gpt-4o-mini").cost(1_000_000, 1_000_000) == Decimal("0.75")
+    # Cached input at its own rate: gpt-4o 1M prompt tokens of which 400k cached = 0.6 x 2.50 + 0.4 x 1.25.
+    assert book.price_for("gpt-4o").cost(1_000_000, 0, 400_000) == Decimal("2.00")
+    assert book.price_for("gpt-5-mini").cached_input_per_million == Decimal("0.025")
+    # No cached rate (no prompt caching for the model): cached tokens cost the input rate.
+    assert book.price_for("gpt-4-0613").cost(1_000_000, 0, 1_000_000) == Decimal(30)
+    # The legacy completions model is not priced as gpt-3.5-turbo any more.
+    assert book.price_for("gpt-3.5-turbo-instruct").cost(1_000_000, 1_000_000) == Decimal("3.50")
+    # Embeddings: input only, nothing to reserve for output; moderations are free.
+    assert book.price_for("text-embedding-3-small").cost(1_000_000, 0) == Decimal("0.02")
+    assert book.price_for("text-embedding-3-large").cost(1_000_000, 0) == Decimal("0.13")
+    assert book.price_for("text-embedding-ada-002").cost(1_000_000, 0) == Decimal("0.10")
+    assert book.price_for("text-embedding-3-small").max_output_tokens == 0
+    for model in ("omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest"):
+        price = book.price_for(model)
+        assert price.model and price.cost(1_000_000, 1_000_000) == 0
 
 
 @pytest.mark.parametrize("env", STORES)

@@ -26,7 +26,11 @@ from usage.dashboard import key_usage_panel
 from usage.models import UsageRecord
 
 # (input, output) USD per million tokens, for the seeded history.
-PRICES = {"gpt-4o": (Decimal("2.50"), Decimal("10")), "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60"))}
+PRICES = {
+    "gpt-4o": (Decimal("2.50"), Decimal("10")),
+    "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60")),
+    "text-embedding-3-small": (Decimal("0.02"), Decimal("0")),
+}
 
 
 def seed_history(keys_and_models, *, days=30, seed=5) -> int:
@@ -46,8 +50,9 @@ def seed_history(keys_and_models, *, days=30, seed=5) -> int:
                 model = rng.choice(models)
                 roll = rng.random()
                 status = 429 if roll < 0.03 else 502 if roll < 0.045 else 400 if roll < 0.055 else 200
+                embedding = model.startswith("text-embedding")
                 prompt = rng.randint(200, 2400) if status == 200 else 0
-                completion = rng.randint(50, 900) if status == 200 else 0
+                completion = rng.randint(50, 900) if status == 200 and not embedding else 0
                 price_in, price_out = PRICES[model]
                 cost = (prompt * price_in + completion * price_out) / 1_000_000
                 records.append(
@@ -56,6 +61,7 @@ def seed_history(keys_and_models, *, days=30, seed=5) -> int:
                         api_key=api_key,
                         key_prefix=api_key.prefix,
                         key_name=api_key.name,
+                        endpoint="embeddings" if embedding else "chat.completions",
                         model=model,
                         status=status,
                         error_type={429: "rate_limit_requests", 502: "upstream_error", 400: "invalid_request"}.get(
@@ -195,7 +201,7 @@ def test_key_page_and_dashboard_render_their_charts(chromium, gateway, fake_upst
     sandbox, _ = make_key(name="dev-sandbox")
     seeded = seed_history(
         [
-            (checkout, ["gpt-4o-mini", "gpt-4o"], 140),
+            (checkout, ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"], 140),
             (analytics, ["gpt-4o-mini"], 260),
             (support, ["gpt-4o"], 45),
             (sandbox, ["gpt-4o-mini", "gpt-4o"], 12),
@@ -224,19 +230,20 @@ def test_key_page_and_dashboard_render_their_charts(chromium, gateway, fake_upst
 
             page.goto(f"{gateway.url}{reverse('admin:apikeys_apikey_change', args=[checkout.pk])}")
             assert page.locator(".tg-usage").count() == 1, page.content()[:2000]
-            charts = assert_charts_drawn(page, expected=3)
-            assert {c["kind"] for c in charts} == {"requests-tokens", "cost", "budget"}
+            charts = assert_charts_drawn(page, expected=4)
+            assert {c["kind"] for c in charts} == {"requests-tokens", "cost", "endpoints", "budget"}
             assert "renews" in page.locator(".tg-budget-text").inner_text()
             page.screenshot(path=str(ARTIFACTS / "key-change-page.png"), full_page=True)
             page.locator(".tg-usage").screenshot(path=str(ARTIFACTS / "key-usage-panel.png"))
 
             page.goto(f"{gateway.url}{reverse('admin:usage_usagerecord_key', args=[support.prefix])}")
-            assert_charts_drawn(page, expected=3)
+            assert_charts_drawn(page, expected=4)
             page.screenshot(path=str(ARTIFACTS / "key-usage-page.png"), full_page=True)
 
             page.goto(f"{gateway.url}{reverse('admin:usage_usagerecord_dashboard')}")
-            charts = assert_charts_drawn(page, expected=6)
+            charts = assert_charts_drawn(page, expected=7)
             assert {(c["kind"], c["part"]) for c in charts} == {
+                ("endpoints", "daily_by_endpoint"),
                 ("requests-by-outcome", "daily"),
                 ("cost-tokens", "daily"),
                 ("rates", "daily"),
@@ -247,7 +254,7 @@ def test_key_page_and_dashboard_render_their_charts(chromium, gateway, fake_upst
             page.screenshot(path=str(ARTIFACTS / "usage-dashboard.png"), full_page=True)
             page.emulate_media(color_scheme="dark")  # the admin follows the system theme; so do the charts
             page.reload()
-            assert_charts_drawn(page, expected=6)
+            assert_charts_drawn(page, expected=7)
             page.screenshot(path=str(ARTIFACTS / "usage-dashboard-dark.png"), full_page=True)
             page.emulate_media(color_scheme="light")
 

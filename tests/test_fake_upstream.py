@@ -283,3 +283,221 @@ def test_serve_in_thread_without_recording() -> None:
     stop()  # idempotent
     with pytest.raises(ConnectionError):
         fetch("GET", base + "/_fake/stats")
+
+
+# -- embeddings, legacy completions, moderations and the bad_usage switch ------------------------------------
+
+
+def sse_events(data: bytes) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order (``[DONE]`` included)."""
+    return [event.removeprefix("data: ") for event in data.decode().split("\n\n") if event]
+
+
+def test_embeddings_base64_and_float_carry_the_same_unit_vectors(client: openai.OpenAI) -> None:
+    # The SDK asks for base64 unless told otherwise and decodes it: both encodings must agree exactly.
+    default = client.embeddings.create(model="text-embedding-3-small", input=["hello big world", "other"])
+    floats = client.embeddings.create(
+        model="text-embedding-3-small", input=["hello big world", "other"], encoding_format="float"
+    )
+    assert default.object == "list" and default.model == "text-embedding-3-small"
+    assert [e.index for e in default.data] == [0, 1]
+    assert [e.embedding for e in default.data] == [e.embedding for e in floats.data]
+    first, second = (e.embedding for e in floats.data)
+    assert len(first) == 1536
+    assert abs(sum(x * x for x in first) - 1) < 1e-5
+    assert first != second
+    assert (floats.usage.prompt_tokens, floats.usage.total_tokens) == (4, 4)  # 3 + 1 words
+    again = client.embeddings.create(model="text-embedding-3-small", input="hello big world", encoding_format="float")
+    assert again.data[0].embedding == first  # deterministic
+
+
+def test_embeddings_token_inputs_dimensions_and_model_defaults(client: openai.OpenAI, upstream: str) -> None:
+    tokens = client.embeddings.create(model="text-embedding-3-large", input=[1212, 318, 257])
+    assert len(tokens.data) == 1 and len(tokens.data[0].embedding) == 3072
+    assert tokens.usage.prompt_tokens == 3
+    arrays = client.embeddings.create(model="text-embedding-3-small", input=[[1, 2], [3, 4, 5]], dimensions=8)
+    assert [len(e.embedding) for e in arrays.data] == [8, 8]
+    assert arrays.usage.prompt_tokens == arrays.usage.total_tokens == 5
+    status, _, data = fetch(
+        "POST", upstream + "/v1/embeddings", {"model": "m", "input": "x y", "encoding_format": "base64"}
+    )
+    assert status == 200
+    assert isinstance(json.loads(data)["data"][0]["embedding"], str)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "x"}, "model"),
+        ({"model": "m"}, "input"),
+        ({"model": "m", "input": ""}, "input"),
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": ["a", 1]}, "input"),
+        ({"model": "m", "input": [[1], []]}, "input"),
+        ({"model": "m", "input": [True]}, "input"),
+        ({"model": "m", "input": "x", "encoding_format": "int8"}, "encoding_format"),
+        ({"model": "m", "input": "x", "dimensions": 0}, "dimensions"),
+        ({"model": "m", "input": "x", "dimensions": "8"}, "dimensions"),
+        ({"model": "m", "input": "x", "fake": {"cut_after_chunks": 1}}, "fake.cut_after_chunks"),
+    ],
+)
+def test_embeddings_validation(upstream: str, body: dict, param: str) -> None:
+    status, _, data = fetch("POST", upstream + "/v1/embeddings", body)
+    assert status == 400
+    error = json.loads(data)["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+
+
+def test_embeddings_steering_and_recording(client: openai.OpenAI, upstream: str) -> None:
+    fetch("DELETE", upstream + "/_fake/requests")
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="m", input="x", extra_body={"fake": {"status": 429}})
+    usage = {"prompt_tokens": 40, "total_tokens": 40}
+    steered = client.embeddings.create(model="m", input="x", extra_body={"fake": {"usage": usage, "delay_ms": 100}})
+    assert steered.usage.prompt_tokens == 40
+    status, _, data = fetch(
+        "POST", upstream + "/v1/embeddings", {"model": "m", "input": "x", "fake": {"garbage": True}}
+    )
+    assert (status, data) == (200, b"<html>oops")
+    records = get_json(upstream + "/_fake/requests")
+    assert [(r["path"], r["status"]) for r in records] == [("/v1/embeddings", 429), *[("/v1/embeddings", 200)] * 2]
+    assert records[1]["json"]["input"] == "x" and records[1]["completed"]
+
+
+def test_legacy_completion_plain(client: openai.OpenAI) -> None:
+    raw = client.completions.with_raw_response.create(model="gpt-3.5-turbo-instruct", prompt="one two three")
+    assert raw.headers["x-request-id"].startswith("req_fake_")
+    completion = raw.parse()
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-fake")
+    assert completion.model == "gpt-3.5-turbo-instruct"
+    (choice,) = completion.choices
+    assert (choice.index, choice.text, choice.finish_reason, choice.logprobs) == (
+        0,
+        "echo: one two three",
+        "stop",
+        None,
+    )
+    usage = completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (3, 4, 7)
+
+
+def test_legacy_completion_max_tokens_n_best_of_and_echo(client: openai.OpenAI) -> None:
+    long_prompt = " ".join(f"w{i}" for i in range(30))
+    default_cap = client.completions.create(model="m", prompt=long_prompt)
+    assert default_cap.choices[0].finish_reason == "length"
+    assert default_cap.usage.completion_tokens == 16  # max_tokens defaults to 16
+    assert default_cap.choices[0].text == "echo: " + " ".join(f"w{i}" for i in range(15)) + " "
+    many = client.completions.create(model="m", prompt=["a b", "c"], max_tokens=2, n=2, best_of=3, echo=True)
+    assert [(c.index, c.text, c.finish_reason) for c in many.choices] == [
+        (0, "a becho: a ", "length"),
+        (1, "a becho: a ", "length"),
+        (2, "cecho: c", "stop"),
+        (3, "cecho: c", "stop"),
+    ]
+    # Every one of best_of=3 candidates is billed: (2 + 2 pieces) x 3.
+    assert (many.usage.prompt_tokens, many.usage.completion_tokens) == (3, 12)
+    tokens = client.completions.create(model="m", prompt=[[5, 6, 7]], max_tokens=0)
+    assert (tokens.choices[0].text, tokens.choices[0].finish_reason) == ("", "length")
+    assert (tokens.usage.prompt_tokens, tokens.usage.completion_tokens) == (3, 0)
+
+
+def test_legacy_completion_streams_with_and_without_usage(client: openai.OpenAI, upstream: str) -> None:
+    chunks = list(client.completions.create(model="m", prompt="one two", stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "echo: one two"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None and c.object == "text_completion" for c in chunks)
+    asked = list(
+        client.completions.create(model="m", prompt="one two", stream=True, stream_options={"include_usage": True})
+    )
+    assert asked[-1].choices == [] and (asked[-1].usage.prompt_tokens, asked[-1].usage.completion_tokens) == (2, 3)
+    assert all(c.choices for c in asked[:-1]) and len({c.id for c in asked}) == 1
+    body = {"model": "m", "prompt": "one", "stream": True, "stream_options": {"include_usage": True}}
+    status, headers, data = fetch("POST", upstream + "/v1/completions", body)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = sse_events(data)
+    assert events[-1] == "[DONE]"
+    assert all(json.loads(e)["usage"] is None for e in events[:-2])
+    assert json.loads(events[-2])["choices"] == []
+
+
+def test_legacy_completion_stream_cut_and_validation(client: openai.OpenAI, upstream: str) -> None:
+    stream = client.completions.create(
+        model="m", prompt="x", stream=True, max_tokens=50, extra_body={"fake": {"chunks": 9, "cut_after_chunks": 3}}
+    )
+    received = []
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in stream:
+            received.append(chunk.choices[0].text)
+    assert received == ["tok0 ", "tok1 ", "tok2 "]
+    record = get_json(upstream + "/_fake/requests")[-1]
+    assert (record["path"], record["cut"], record["chunks_sent"]) == ("/v1/completions", True, 3)
+    for body, param in [
+        ({"model": "m"}, "prompt"),
+        ({"model": "m", "prompt": []}, "prompt"),
+        ({"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "n": 0}, "n"),
+        ({"model": "m", "prompt": "x", "n": 3, "best_of": 2}, "best_of"),
+        ({"model": "m", "prompt": "x", "stream": True, "best_of": 2}, "best_of"),
+        ({"model": "m", "prompt": "x", "stream": "yes"}, "stream"),
+    ]:
+        status, _, data = fetch("POST", upstream + "/v1/completions", body)
+        assert (status, json.loads(data)["error"]["param"]) == (400, param), body
+
+
+def test_moderations(client: openai.OpenAI, upstream: str) -> None:
+    result = client.moderations.create(input=["I will kill you", "a nice day"])
+    assert result.id.startswith("modr-fake") and result.model == "omni-moderation-latest"
+    flagged, clear = result.results
+    assert flagged.flagged and flagged.categories.violence and flagged.category_scores.violence == 0.9
+    assert not flagged.categories.sexual
+    assert not clear.flagged and not any(clear.categories.model_dump().values())
+    assert clear.category_applied_input_types.violence == ["text"]
+    parts = [{"type": "text", "text": "Hate"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]
+    (multi,) = client.moderations.create(model="omni-moderation-2024-09-26", input=parts).results
+    assert multi.categories.hate and multi.category_applied_input_types.violence == ["text", "image"]
+    status, _, data = fetch("POST", upstream + "/v1/moderations", {"input": "x"})
+    body = json.loads(data)
+    assert status == 200 and "usage" not in body
+    assert len(body["results"][0]["categories"]) == 13
+    for bad, param in [({}, "input"), ({"input": 3}, "input"), ({"input": "x", "fake": {"usage": {}}}, "fake.usage")]:
+        status, _, data = fetch("POST", upstream + "/v1/moderations", bad)
+        assert (status, json.loads(data)["error"]["param"]) == (400, param)
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        client.moderations.create(input="x", extra_body={"fake": {"status": 500, "delay_ms": 100}})
+    assert time.monotonic() - started >= 0.1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": MESSAGES}),
+        ("/v1/chat/completions", {"model": "m", "messages": MESSAGES, "stream": True}),
+        ("/v1/completions", {"model": "m", "prompt": "a b"}),
+        ("/v1/completions", {"model": "m", "prompt": "a b", "stream": True}),
+        ("/v1/embeddings", {"model": "m", "input": "a b"}),
+    ],
+    ids=["chat", "chat-stream", "completions", "completions-stream", "embeddings"],
+)
+def test_bad_usage_spoils_only_prompt_tokens(upstream: str, path: str, body: dict) -> None:
+    def usage_of(fake: dict | None) -> dict:
+        payload = {**body, "stream_options": {"include_usage": True}} if body.get("stream") else dict(body)
+        if fake is not None:
+            payload["fake"] = fake
+        status, _, data = fetch("POST", upstream + path, payload)
+        assert status == 200
+        if body.get("stream"):
+            events = sse_events(data)
+            assert events[-1] == "[DONE]"
+            return json.loads(events[-2])["usage"]
+        return json.loads(data)["usage"]
+
+    honest = usage_of(None)
+    assert usage_of({"bad_usage": True}) == {**honest, "prompt_tokens": "abc"}
+    assert usage_of({"bad_usage": 1.5}) == {**honest, "prompt_tokens": 1.5}
+    assert usage_of({"bad_usage": False}) == honest
+    # On top of a steered usage too.
+    assert usage_of({"usage": {"prompt_tokens": 1, "total_tokens": 1}, "bad_usage": True}) == {
+        "prompt_tokens": "abc",
+        "total_tokens": 1,
+    }

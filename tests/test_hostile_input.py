@@ -1,4 +1,4 @@
-"""Hostile input (issue 8, item 5), against a live gateway with a valid key:
+"""Hostile input, against a live gateway with a valid key:
 
 * schemathesis, driven by our own OpenAPI document (`/api/schema/`): schema-valid and invalid requests to every
   operation, bounded per operation; no 5xx, every 4xx in OpenAI's error shape, answers as the schema says;

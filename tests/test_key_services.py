@@ -1,4 +1,5 @@
-"""The key services (create, update, rotate, revoke) and the status selectors: what they write, what they refuse.
+"""The key services (create, update, rotate, revoke, touch last used) and the status selectors: what they write,
+what they refuse.
 
 Each refused call is checked to change nothing: no key row, no audit entry, no KeyGeneration bump.
 """
@@ -26,6 +27,7 @@ from apikeys.services import (
     api_key_find,
     api_key_revoke,
     api_key_rotate,
+    api_key_touch_last_used,
     api_key_update,
 )
 
@@ -270,6 +272,33 @@ def test_revoke_is_final_and_audited():
     with pytest.raises(KeyStateError):
         api_key_revoke(api_key=key, actor="bob")
     assert snapshot() == state
+
+
+# LAST USED
+
+
+def test_touch_last_used_moves_forward_only_in_one_update_without_bumping_or_auditing(django_assert_num_queries):
+    never, _ = make("never")
+    older, _ = make("older")
+    newer, _ = make("newer")
+    now = timezone.now()
+    APIKey.objects.filter(pk=older.pk).update(last_used_at=now - timedelta(minutes=5))
+    APIKey.objects.filter(pk=newer.pk).update(last_used_at=now + timedelta(minutes=5))
+    before_keys = {row["prefix"]: row for row in APIKey.objects.values()}
+    before_generation, before_audit = generation(), AuditLogEntry.objects.count()
+
+    with django_assert_num_queries(1):
+        updated = api_key_touch_last_used(last_used={never.pk: now, older.pk: now, newer.pk: now, "nosuchk1": now})
+
+    assert updated == 2
+    after = {row["prefix"]: row for row in APIKey.objects.values()}
+    assert after[never.prefix]["last_used_at"] == now
+    assert after[older.prefix]["last_used_at"] == now
+    assert after[newer.prefix]["last_used_at"] == now + timedelta(minutes=5)  # never backwards
+    for prefix, row in after.items():  # nothing else changed, updated_at included
+        assert {**row, "last_used_at": None} == {**before_keys[prefix], "last_used_at": None}
+    assert (generation(), AuditLogEntry.objects.count()) == (before_generation, before_audit)
+    assert api_key_touch_last_used(last_used={}) == 0
 
 
 def test_audit_entries_are_append_only():

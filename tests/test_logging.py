@@ -18,11 +18,13 @@ FIELDS = {
     "message": str,
     "request_id": str,
     "key_prefix": str,
+    "endpoint": str,
     "model": str,
     "status": int,
     "error_type": str,
     "streamed": bool,
     "prompt_tokens": int,
+    "cached_tokens": int,
     "completion_tokens": int,
     "latency_ms": (int, float, type(None)),  # null only on a 401 line (no request outcome exists)
     "ttfb_ms": (int, float, type(None)),
@@ -90,6 +92,7 @@ def test_one_json_line_per_request_without_secrets_or_prompts(json_gateway, make
     line = lines[ids["plain"]]
     assert line["level"] == "INFO"
     assert line["key_prefix"] == key.prefix
+    assert line["endpoint"] == "chat.completions"
     assert (line["model"], line["status"], line["error_type"], line["streamed"]) == (MODEL, 200, "", False)
     assert line["prompt_tokens"] == completion.usage.prompt_tokens
     assert line["completion_tokens"] == completion.usage.completion_tokens
@@ -101,7 +104,7 @@ def test_one_json_line_per_request_without_secrets_or_prompts(json_gateway, make
     assert line["completion_tokens"] > 0 and line["ttfb_ms"] is not None
 
     line = lines[ids["not_found"]]
-    assert (line["model"], line["status"], line["error_type"]) == ("gpt-4o", 404, "model_not_found")
+    assert (line["model"], line["status"], line["error_type"]) == ("gpt-4o", 404, "model_not_allowed")
     assert line["upstream_request_id"] == "" and line["prompt_tokens"] == 0
 
     line = lines[ids["denied"]]

@@ -40,7 +40,13 @@ def scrape_until(gateway, condition, timeout: float = 10, token: str | None = No
     return samples
 
 
+# The metrics labelled by endpoint; a test that names none means chat (a 401 has no endpoint).
+ENDPOINT_LABELLED = ("tollgate_requests", "tollgate_upstream_", "tollgate_prompt_", "tollgate_completion_")
+
+
 def value(samples: dict, name: str, **labels) -> float:
+    if name.startswith(ENDPOINT_LABELLED) and "endpoint" not in labels:
+        labels["endpoint"] = "" if labels.get("status") == "401" else "chat.completions"
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -154,7 +160,7 @@ def test_metrics_are_open_and_per_key_labels_off_by_default(gateway, client, api
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "count me"}])
     samples = scrape(gateway)  # no METRICS_TOKEN: no header needed
     requests = {labels: v for (name, labels), v in samples.items() if name == "tollgate_requests_total"}
-    assert requests and all(dict(labels).keys() == {"model", "status"} for labels in requests)
+    assert requests and all(dict(labels).keys() == {"endpoint", "model", "status"} for labels in requests)
     assert value(samples, "tollgate_requests_total", model=MODEL, status="200") >= 1
     assert api_key[0].prefix not in httpx.get(f"{gateway.url}/metrics", timeout=10).text
 

@@ -429,27 +429,17 @@ def test_limits_resume_by_themselves_when_redis_comes_back(make_key, start_gatew
 
 
 @needs_redis
-def test_drf_interface_allow_request_and_wait_use_the_same_store():
+def test_drf_one_by_one_allow_request_is_refused_rather_than_counted_partly():
+    """DRF would check the throttles one by one and count a request against one limit while another refuses it;
+    Tollgate's throttles only contribute to the atomic admission, and say so if asked directly."""
     from types import SimpleNamespace
 
-    from metering.redis_store import RedisLimitStore
-    from metering.throttling import RequestRateThrottle
+    from metering.throttling import DEFAULT_THROTTLES
 
-    store = RedisLimitStore(REDIS_URL)
-
-    class Throttle(RequestRateThrottle):
-        def get_store(self):
-            return store
-
-    prefix = uuid.uuid4().hex[:8]
-    key = SimpleNamespace(prefix=prefix, lineage=prefix, rpm=2)
-    request = SimpleNamespace(auth=key, _request=SimpleNamespace(body=b""))
-    throttle = Throttle()
-    assert [throttle.allow_request(request, None) for _ in range(3)] == [True, True, False]
-    assert 58 < throttle.wait() <= 60
-    assert (
-        Throttle().allow_request(SimpleNamespace(auth=SimpleNamespace(prefix="x", lineage="x", rpm=None)), None) is True
-    )
+    request = SimpleNamespace(auth=SimpleNamespace(prefix="x", lineage="x", rpm=2, tpm=9, max_concurrent=1))
+    for throttle in DEFAULT_THROTTLES:
+        with pytest.raises(NotImplementedError, match="atomically"):
+            throttle().allow_request(request, None)
 
 
 def test_huge_prompts_are_estimated_without_tokenizing():

@@ -1,5 +1,5 @@
-"""Two Tollgate instances (two workers each) on different ports, sharing one database and one Redis (issue 8,
-item 1), with the load spread over both:
+"""Two Tollgate instances (two workers each) on different ports, sharing one database and one Redis,
+with the load spread over both:
 
 * every limit is exact across both: requests/min under sustained load, tokens/min, concurrent requests and a
   budget under bursts (the combined number of admitted requests is exactly what the limit allows; the recorded

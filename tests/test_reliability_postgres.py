@@ -1,4 +1,4 @@
-"""Postgres restarted under load (issue 8, item 3), on a throwaway cluster of the test's own.
+"""Postgres restarted under load, on a throwaway cluster of the test's own.
 
 The machine's shared cluster is never touched: the module runs `initdb` into a temporary directory (as the
 `postgres` OS user when the tests run as root, since Postgres refuses to run as root), starts it on a free port

@@ -1,4 +1,4 @@
-"""Redis killed under load and started again (issue 8, item 2).
+"""Redis killed under load and started again.
 
 Each test runs its own `redis-server` on a free port (never the machine's shared one), points a gateway with
 three workers at it and keeps four client threads sending plain and streamed completions with a limited key (so

@@ -1,4 +1,4 @@
-"""Security (issue 8, item 6), against live servers:
+"""Security, against live servers:
 
 * a key is read only from `Authorization: Bearer`: never from a query string, another header, a cookie, Basic
   auth or the body, on every authenticated endpoint (`test_authentication.py` covers the chat body and `?api_key=`);

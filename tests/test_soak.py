@@ -1,4 +1,4 @@
-"""The soak (issue 8, item 7): `SOAK_SECONDS` (default 600) of steady mixed load against a two-worker gateway.
+"""The soak: `SOAK_SECONDS` (default 600) of steady mixed load against a two-worker gateway.
 
 Not part of `make test` (`pytest.mark.soak` is deselected by default in pyproject.toml); `make soak` runs it.
 The load is bounded (a few client threads with pauses, well under what the machine can serve): plain and streamed

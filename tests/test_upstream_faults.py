@@ -1,4 +1,4 @@
-"""Upstream faults beyond the core error table of `test_errors.py` (issue 8, item 4).
+"""Upstream faults beyond the core error table of `test_errors.py`.
 
 * slow upstreams: an answer slower than usual but inside `OPENAI_TIMEOUT` passes, a stream whose total time is
   far over the timeout passes as long as each gap is under it (the timeout is per read, not per request); past

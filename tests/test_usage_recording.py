@@ -20,7 +20,7 @@ from django.db import connection
 
 from apikeys.keycache import KeySnapshot
 from apikeys.models import APIKey, KeyGeneration
-from completions.apis import RelayStream
+from completions.relay import RelayStream
 from core.outcome import RequestOutcome
 from fakeupstream.completions import parse_chat_request as fake_parse
 from usage.models import UsageRecord
@@ -318,30 +318,33 @@ def test_every_stream_read_to_the_end_is_recorded_as_complete(gateway, make_key)
 
 
 async def test_a_relay_closed_by_django_always_runs_its_accounting():
-    """`RelayStream.close()` (Django calls it when the response closes) finishes a relay left suspended, and
-    accounts for one the client left before the first chunk; a relay that ran to its end is left alone."""
+    """`RelayStream.close()` (Django calls it when the response closes) finishes a relay left suspended, whether
+    it stopped after its head or mid-stream; a relay that ran to its end is left alone."""
     events = []
 
     async def relay():
         try:
+            yield "head"
             yield b"data: 1\n\n"
             yield b"data: 2\n\n"
         finally:
             events.append("relay finished")
 
-    async def abandon():
-        events.append("abandoned")
-
-    suspended = RelayStream(relay(), abandon)
-    assert await suspended.__anext__() == b"data: 1\n\n"
-    suspended.close()
-    never_started = RelayStream(relay(), abandon)
-    never_started.close()
-    complete = RelayStream(relay(), abandon)
-    assert [chunk async for chunk in complete] == [b"data: 1\n\n", b"data: 2\n\n"]
-    complete.close()
+    suspended = relay()
+    assert await suspended.__anext__() == "head"
+    stream = RelayStream(suspended)
+    assert await stream.__anext__() == b"data: 1\n\n"
+    stream.close()
+    head_only = relay()
+    assert await head_only.__anext__() == "head"
+    RelayStream(head_only).close()
+    complete = relay()
+    await complete.__anext__()
+    stream = RelayStream(complete)
+    assert [chunk async for chunk in stream] == [b"data: 1\n\n", b"data: 2\n\n"]
+    stream.close()
     await asyncio.sleep(0.01)
-    assert sorted(events) == ["abandoned", "relay finished", "relay finished"]
+    assert events == ["relay finished"] * 3
 
 
 # -- clean shutdown ---------------------------------------------------------------------------------------------

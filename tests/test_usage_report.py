@@ -20,10 +20,12 @@ from tests.conftest import ROOT, server_database_url
 from usage.models import UsageRecord
 
 COLUMNS = ["key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+BY_ENDPOINT = ["key_name", "key_prefix", "model", "endpoint", *COLUMNS[3:]]
 
 
-def record(api_key, *, at, model="gpt-4o-mini", prompt=10, completion=5, cost="0.00001000", status=200):
+def record(api_key, *, at, model="gpt-4o-mini", prompt=10, completion=5, cost="0.00001000", status=200, **fields):
     return UsageRecord.objects.create(
+        **fields,
         request_id=f"req_{uuid.uuid4().hex}",
         api_key=api_key,
         key_prefix=api_key.prefix,
@@ -135,6 +137,74 @@ def test_errors_in_process(usage):
         report("--since", "2026-02-30")
 
 
+@pytest.fixture
+def endpoint_usage(usage):
+    """`usage` (chat completions: records that name no endpoint are chat) plus embeddings and a moderation."""
+    alpha, _, beta = usage
+    at = datetime(2026, 2, 3, tzinfo=UTC)
+    record(
+        alpha, at=at, model="text-embedding-3-small", prompt=500, completion=0, cost="0.00001", endpoint="embeddings"
+    )
+    record(
+        alpha, at=at, model="text-embedding-3-small", prompt=300, completion=0, cost="0.000006", endpoint="embeddings"
+    )
+    record(beta, at=at, model="omni-moderation-latest", prompt=0, completion=0, cost="0", endpoint="moderations")
+    # A legacy completion under a model name chat also uses: --by-endpoint keeps them apart.
+    record(alpha, at=at, model="gpt-4o-mini", prompt=4, completion=4, cost="0.00000100", endpoint="completions")
+    return usage
+
+
+def test_the_default_report_keeps_its_columns_and_counts_every_endpoint(endpoint_usage):
+    alpha, _, _ = endpoint_usage
+    rows = json.loads(report("--format", "json"))
+    assert all(list(row) == COLUMNS for row in rows)
+    mini = next(r for r in rows if r["key_prefix"] == alpha.prefix and r["model"] == "gpt-4o-mini")
+    assert (mini["requests"], mini["prompt_tokens"], mini["cost_usd"]) == (4, 111, "0.00125133")
+    assert report().splitlines()[0].split() == COLUMNS
+
+
+def test_endpoint_filter(endpoint_usage):
+    alpha, _, _ = endpoint_usage
+    rows = json.loads(report("--format", "json", "--endpoint", "embeddings"))
+    assert rows == [
+        {
+            "key_name": "alpha", "key_prefix": alpha.prefix, "model": "text-embedding-3-small", "requests": 2,
+            "prompt_tokens": 800, "completion_tokens": 0, "cost_usd": "0.00001600",
+        }
+    ]  # fmt: skip
+    chat = json.loads(report("--format", "json", "--endpoint", "chat.completions"))
+    assert sum(r["requests"] for r in chat) == 5  # the records of before endpoints were recorded
+    assert json.loads(report("--format", "json", "--endpoint", "moderations", "--until", "2026-01-31")) == []
+    assert "No usage" in report("--endpoint", "moderations", "--until", "2026-01-31")
+
+
+def test_by_endpoint_adds_a_column_and_splits_rows(endpoint_usage):
+    alpha, _, beta = endpoint_usage
+    rows = json.loads(report("--format", "json", "--by-endpoint", "--key", alpha.prefix))
+    assert all(list(row) == BY_ENDPOINT for row in rows)
+    assert [(r["model"], r["endpoint"], r["requests"]) for r in rows] == [
+        ("gpt-4o", "chat.completions", 1),
+        ("gpt-4o-mini", "chat.completions", 3),
+        ("gpt-4o-mini", "completions", 1),
+        ("text-embedding-3-small", "embeddings", 2),
+    ]
+    csv_rows = list(
+        csv.DictReader(io.StringIO(report("--format", "csv", "--by-endpoint", "--endpoint", "moderations")))
+    )
+    assert list(csv_rows[0]) == BY_ENDPOINT
+    assert [(r["key_prefix"], r["endpoint"], r["cost_usd"]) for r in csv_rows] == [
+        (beta.prefix, "moderations", "0.00000000")
+    ]
+    table = report("--by-endpoint").splitlines()
+    assert table[0].split() == BY_ENDPOINT
+    assert table[-1].split() == ["TOTAL", "9", "932", "68", "0.00146735"]
+
+
+def test_an_unknown_endpoint_is_an_error(endpoint_usage):
+    with pytest.raises(CommandError, match="Unknown endpoint 'chat'"):
+        report("--endpoint", "chat")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -142,6 +212,7 @@ def test_errors_in_process(usage):
         (["--until", "2026-13-01"], 2, "expected a date as YYYY-MM-DD"),
         (["--format", "xml"], 2, "invalid choice"),
         (["--key", "abcdefgh.secretsecret"], 1, "No API key matches that key or prefix."),
+        (["--endpoint", "images"], 1, "Unknown endpoint 'images'; expected one of: chat.completions, completions"),
     ],
 )
 def test_errors_on_the_command_line_are_one_line_and_non_zero(transactional_db, args, code, message):

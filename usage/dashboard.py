@@ -1,4 +1,5 @@
-"""Usage pictures for the admin: the panel on a key's admin page, and the usage dashboard.
+"""Usage pictures for the admin: the panel on a key's admin page, and the usage dashboard. Both split usage by
+endpoint (a table and a chart with one series per endpoint).
 
 Charts are drawn in the browser by Chart.js, vendored under `usage/static/usage/vendor/` (no CDN):
 the server renders HTML with the numbers embedded as JSON (`json_script`) and `usage/usage_charts.js`
@@ -14,7 +15,13 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
-from .selectors import usage_budget_status, usage_daily_series, usage_dashboard
+from .selectors import (
+    usage_budget_status,
+    usage_daily_series,
+    usage_daily_series_by_endpoint,
+    usage_dashboard,
+    usage_totals_by_endpoint,
+)
 
 PANEL_DAYS = 30
 
@@ -59,6 +66,39 @@ def _series_payload(series: list[dict], *, hourly: bool = False) -> dict:
     }
 
 
+def _endpoint_series_payload(by_endpoint: dict[str, list[dict]]) -> dict:
+    """Per-endpoint daily series for the `endpoints` chart: one entry per endpoint, in display order."""
+    any_series = next(iter(by_endpoint.values()), [])
+    return {
+        "labels": [_day_label(row["bucket"]) for row in any_series],
+        "series": [
+            {
+                "name": name,
+                "requests": [row["requests"] for row in series],
+                "tokens": [row["total_tokens"] for row in series],
+                "cost": [float(row["cost_usd"]) for row in series],
+            }
+            for name, series in by_endpoint.items()
+        ],
+    }
+
+
+def _endpoint_rows(rows: list[dict]) -> list[dict]:
+    """Totals per endpoint (`usage_totals_by_endpoint`), with display strings for the endpoint tables."""
+    return [
+        {
+            **row,
+            "requests_display": f"{row['requests']:,}",
+            "prompt_display": f"{row['prompt_tokens']:,}",
+            "cached_display": f"{row['cached_tokens']:,}",
+            "completion_display": f"{row['completion_tokens']:,}",
+            "cost_display": format_usd(row["cost_usd"]),
+            "error_rate_display": format_rate(row["error_rate"]) if row["requests"] else "-",
+        }
+        for row in rows
+    ]
+
+
 def _admin_url(name: str, *args) -> str | None:
     try:
         return reverse(name, args=args)
@@ -70,6 +110,8 @@ def key_usage_context(api_key, *, now: datetime | None = None, on_usage_page: bo
     """Template context for a key's usage panel (see `key_usage_panel`)."""
     now = now or timezone.now()
     series = usage_daily_series(key_prefix=api_key.prefix, days=PANEL_DAYS, now=now)
+    by_endpoint = usage_daily_series_by_endpoint(key_prefix=api_key.prefix, days=PANEL_DAYS, now=now)
+    endpoint_totals = usage_totals_by_endpoint(key_prefix=api_key.prefix, since=series[0]["bucket"])
     budget = usage_budget_status(api_key=api_key, now=now)
     totals = {
         "requests": sum(row["requests"] for row in series),
@@ -81,6 +123,7 @@ def key_usage_context(api_key, *, now: datetime | None = None, on_usage_page: bo
     used_fraction = budget["used_fraction"]
     payload = {
         **_series_payload(series),
+        "endpoints": _endpoint_series_payload(by_endpoint),
         "budget": {
             "budget": float(budget["budget_usd"]) if budget["budget_usd"] is not None else None,
             "spent": float(budget["spent_usd"]),
@@ -101,6 +144,7 @@ def key_usage_context(api_key, *, now: datetime | None = None, on_usage_page: bo
             "error_rate": format_rate(totals["errors"] / totals["requests"]) if totals["requests"] else "-",
         },
         "last_used_at": last_used,
+        "endpoints": _endpoint_rows(endpoint_totals),
         "budget": {
             **budget,
             "budget_display": format_usd(budget["budget_usd"]) if budget["budget_usd"] is not None else None,
@@ -170,6 +214,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict:
             "cost": [float(row["cost_usd"]) for row in top_models],
             "requests": [row["requests"] for row in top_models],
         },
+        "daily_by_endpoint": _endpoint_series_payload(data["daily_by_endpoint"]),
     }
     cards = [
         ("Requests", format_count(today["requests"]), format_count(period["requests"])),
@@ -184,6 +229,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict:
         "cards": [{"label": label, "today": t, "period": p} for label, t, p in cards],
         "top_keys": top_keys,
         "top_models": top_models,
+        "endpoints": _endpoint_rows(data["endpoints"]),
         "payload": payload,
         "has_data": period["requests"] > 0,
     }

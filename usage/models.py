@@ -1,20 +1,37 @@
-"""Usage records and model prices."""
+"""Usage records, model prices, and the append-only audit trail of price changes."""
 
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from .endpoint_names import CHAT_COMPLETIONS
+
+_NOT_NEGATIVE = [MinValueValidator(Decimal(0))]
 
 
 class ModelPrice(models.Model):
     """USD per million tokens for a model, in force from `effective_from` until a later row for the same model.
 
     `model` matches a request's model exactly or as a prefix (`gpt-4o` prices `gpt-4o-2024-08-06`); the longest
-    match wins. `max_output_tokens` bounds the worst case reserved against a budget when a request sets no
-    `max_tokens`.
+    match wins. Input tokens the upstream served from its prompt cache are charged `cached_input_per_million`
+    (empty: the input rate). `max_output_tokens` bounds the worst case reserved against a budget when a request
+    sets no `max_tokens`. Written through `usage.services` only, which keeps an audit trail.
     """
 
     model = models.CharField(max_length=100)
-    input_per_million = models.DecimalField(max_digits=12, decimal_places=4)
-    output_per_million = models.DecimalField(max_digits=12, decimal_places=4)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=4, validators=_NOT_NEGATIVE)
+    cached_input_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=_NOT_NEGATIVE,
+        verbose_name="cached input per million",
+        help_text="USD per 1M input tokens served from the prompt cache; empty = the input rate.",
+    )
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=4, validators=_NOT_NEGATIVE)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     effective_from = models.DateTimeField(default=timezone.now)
 
@@ -22,12 +39,51 @@ class ModelPrice(models.Model):
         ordering = ("model", "-effective_from")
         constraints = [models.UniqueConstraint(fields=["model", "effective_from"], name="uniq_price_model_from")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.model} (${self.input_per_million}/${self.output_per_million} per 1M)"
 
 
+class PriceAuditAction(models.TextChoices):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class PriceAuditEntry(models.Model):
+    """Append-only record of a change to a `ModelPrice` row (written by `usage.services`). Never updated or
+    deleted. `changes` is `{field: [old, new]}` (amounts as strings, times as ISO-8601; `old` is None on create,
+    `new` is None on delete). `price_id` is not a foreign key: the entry outlives a deleted price row."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=200, help_text="Admin username, or 'command:<name>'.")
+    action = models.CharField(max_length=16, choices=PriceAuditAction.choices)
+    price_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    model = models.CharField(max_length=100, db_index=True)
+    changes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        verbose_name = "price audit entry"
+        verbose_name_plural = "price audit log"
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.model} by {self.actor}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise ValueError("Price audit entries are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Price audit entries are append-only.")
+
+
 class UsageRecord(models.Model):
-    """One row per authenticated request, whatever its outcome. `request_id` is unique: never counted twice."""
+    """One row per authenticated request, whatever its outcome. `request_id` is unique: never counted twice.
+
+    `endpoint` is the relay's name for what was called (`chat.completions`, `embeddings`, ...; see
+    `usage.endpoint_names`); `cached_tokens` is the part of `prompt_tokens` the upstream served from its prompt cache.
+    """
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     request_id = models.CharField(max_length=64, unique=True)
@@ -38,11 +94,18 @@ class UsageRecord(models.Model):
     )
     key_prefix = models.CharField(max_length=8, db_index=True)
     key_name = models.CharField(max_length=50, blank=True)
+    # A row that names no endpoint is a chat completion: every row from before Tollgate served other endpoints,
+    # and what workers of the previous release still insert (without this column) during a rolling deploy.
+    endpoint = models.CharField(max_length=40, default=CHAT_COMPLETIONS, db_default=CHAT_COMPLETIONS)
     model = models.CharField(max_length=100, blank=True)
     status = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=40, blank=True)
     streamed = models.BooleanField(default=False)
     prompt_tokens = models.PositiveIntegerField(default=0)
+    # db_default: inserts of the previous release (which omit the column) still succeed during a rolling deploy.
+    cached_tokens = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Of the prompt tokens, those served from the upstream's prompt cache."
+    )
     completion_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False, help_text="Tokens estimated: the upstream reported none.")
@@ -53,8 +116,13 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
-        # Named as they were created (the table moved here from the `completions` app with its indexes).
+        # The first two are named as they were created (the table moved here from the `completions` app with its
+        # indexes). The endpoint one serves the per-endpoint report filter and dashboard over a time span.
         indexes = [
             models.Index(fields=["key_prefix", "created_at"], name="completions_key_pre_833287_idx"),
             models.Index(fields=["model", "created_at"], name="completions_model_f31c79_idx"),
+            models.Index(fields=["endpoint", "created_at"], name="usage_endpoint_created_idx"),
         ]
+
+    def __str__(self) -> str:
+        return self.request_id

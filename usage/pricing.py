@@ -1,8 +1,12 @@
 """Model prices, and what a request costs (or could cost at worst) under them.
 
-Prices are `ModelPrice` rows (USD per million input and output tokens, editable in the admin; a migration seeds
-OpenAI's list prices as defaults). Each worker keeps the whole table in memory (`PriceBook`) and reloads it
-every `PRICE_CACHE_SECONDS` in the background, so the request path never queries the database for a price.
+Prices are `ModelPrice` rows (USD per million input, cached input and output tokens, edited in the admin through
+`usage.services`; a migration seeds OpenAI's list prices as defaults). As OpenAI bills: of a request's prompt
+tokens, those the upstream served from its prompt cache are charged the cached-input rate (the input rate when
+a row has none), the rest the input rate, and completion tokens the output rate.
+
+Each worker keeps the whole table in memory (`PriceBook`) and reloads it every `PRICE_CACHE_SECONDS` in the
+background, so the request path never queries the database for a price.
 
 Matching: the row whose `model` equals the request's model, else the longest one that is a prefix of it ending
 at a `-` (`gpt-4o` prices `gpt-4o-2024-08-06`, but `gpt-4` does not price `gpt-4o`); of that model's rows, the
@@ -19,6 +23,7 @@ import bisect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
@@ -40,10 +45,26 @@ class Price:
     output_per_million: Decimal
     max_output_tokens: int
     effective_from: float  # epoch seconds; -inf for the fallback
+    cached_input_per_million: Decimal | None = None  # None: cached input tokens cost the input rate
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        """USD for these token counts, rounded to 10⁻⁸ USD."""
-        raw = (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / MILLION
+    @property
+    def cached_rate(self) -> Decimal:
+        """USD per million cached input tokens (the input rate when the row sets none)."""
+        return self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
+        """USD for these token counts, rounded (half up) to 10⁻⁸ USD once, on the total.
+
+        `cached_tokens` is the part of `prompt_tokens` served from the prompt cache; it is clamped to
+        `0..prompt_tokens`, so an upstream that reports more cached tokens than prompt tokens is never charged
+        less than nothing for its uncached part.
+        """
+        cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
+        raw = (
+            (prompt_tokens - cached) * self.input_per_million
+            + cached * self.cached_rate
+            + completion_tokens * self.output_per_million
+        ) / MILLION
         return raw.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
 
 
@@ -60,7 +81,8 @@ def units_to_usd(units: int) -> Decimal:
 class PriceBook:
     """The price table of one process. `price_for` is pure memory; `load` reads the table (call off the loop)."""
 
-    timer = time.monotonic
+    # Annotated as a plain callable so that it is not bound as a method (tests swap it).
+    timer: Callable[[], float] = time.monotonic
 
     def __init__(self, check_seconds: float):
         self.check_seconds = check_seconds
@@ -69,7 +91,7 @@ class PriceBook:
         self._loaded_at = float("-inf")
         self._loaded = False
         self._refreshing = False
-        self._first_load = None  # the load shared by concurrent first requests
+        self._first_load: asyncio.Future[None] | None = None  # the load shared by concurrent first requests
         self._lock = threading.Lock()
         self._warned: set[str] = set()
 
@@ -100,6 +122,7 @@ class PriceBook:
                     output_per_million=row.output_per_million,
                     max_output_tokens=row.max_output_tokens,
                     effective_from=row.effective_from.timestamp(),
+                    cached_input_per_million=row.cached_input_per_million,
                 )
                 starts, prices = rows.setdefault(row.model, ([], []))
                 starts.append(price.effective_from)
@@ -175,7 +198,7 @@ class PriceBook:
         )
 
 
-_background: set = set()
+_background: set[asyncio.Task[None]] = set()
 _price_book: PriceBook | None = None
 
 
@@ -186,9 +209,15 @@ def get_price_book() -> PriceBook:
     return _price_book
 
 
-def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, at: datetime | None = None) -> Decimal:
-    """What a request cost: its tokens at the price of `model` in force at `at`, in USD (10⁻⁸ precision)."""
-    return get_price_book().price_for(model, at).cost(prompt_tokens, completion_tokens)
+def cost_usd(
+    model: str, prompt_tokens: int, completion_tokens: int, at: datetime | None = None, *, cached_tokens: int = 0
+) -> Decimal:
+    """What a request cost: its tokens at the price of `model` in force at `at`, in USD (10⁻⁸ precision).
+
+    `prompt_tokens` counts every input token, cached ones included; `cached_tokens` (the upstream's
+    `prompt_tokens_details.cached_tokens`) of them are charged the cached-input rate. Pure memory: no query.
+    """
+    return get_price_book().price_for(model, at).cost(prompt_tokens, completion_tokens, cached_tokens)
 
 
 def worst_case_cost_usd(
@@ -198,4 +227,6 @@ def worst_case_cost_usd(
     of `choices` completions."""
     price = get_price_book().price_for(model, at)
     output = max_output_tokens if max_output_tokens is not None else price.max_output_tokens
-    return price.cost(prompt_tokens, output * max(choices, 1))
+    # Cache hits are unknown before the answer: assume none, unless a (mistyped) row makes cached input dearer.
+    cached = prompt_tokens if price.cached_rate > price.input_per_million else 0
+    return price.cost(prompt_tokens, output * max(choices, 1), cached)

@@ -4,15 +4,19 @@ Every function takes aware datetimes (UTC) and returns plain dicts and lists, re
 `json_script`. Days and hours are UTC buckets. Costs are `Decimal`s, as stored (8 decimal places).
 """
 
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
+from apikeys.models import APIKey
 from metering.base import BudgetWindow
 
+from .endpoint_names import KNOWN_ENDPOINTS
 from .models import UsageRecord
 
 ZERO = Decimal("0")
@@ -22,6 +26,7 @@ def _aggregates() -> dict:
     return {
         "requests": Count("id"),
         "prompt_tokens": Sum("prompt_tokens"),
+        "cached_tokens": Sum("cached_tokens"),
         "completion_tokens": Sum("completion_tokens"),
         "total_tokens": Sum("total_tokens"),
         "cost_usd": Sum("cost_usd"),
@@ -32,19 +37,33 @@ def _aggregates() -> dict:
 
 def _clean(row: dict) -> dict:
     """Sums over no rows are None: make them zero."""
-    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "requests", "errors", "throttled"):
+    for name in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "errors"):
         if name in row:
             row[name] = row[name] or 0
+    if "throttled" in row:
+        row["throttled"] = row["throttled"] or 0
     if "cost_usd" in row:
         row["cost_usd"] = row["cost_usd"] or ZERO
     return row
 
 
-def usage_records(*, key_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None):
-    """Records of one key (by prefix) or all, with `since <= created_at < until` (either bound optional)."""
+def usage_records(
+    *,
+    key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
+    endpoint: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet:
+    """Records of one key (by prefix), of several keys (`key_prefixes`: a list or a `values("prefix")` subquery)
+    or all, of one endpoint or all, with `since <= created_at < until` (either bound optional)."""
     records: QuerySet = UsageRecord.objects.all()
     if key_prefix is not None:
         records = records.filter(key_prefix=key_prefix)
+    if key_prefixes is not None:
+        records = records.filter(key_prefix__in=key_prefixes)
+    if endpoint is not None:
+        records = records.filter(endpoint=endpoint)
     if since is not None:
         records = records.filter(created_at__gte=since)
     if until is not None:
@@ -53,29 +72,72 @@ def usage_records(*, key_prefix: str | None = None, since: datetime | None = Non
 
 
 def usage_totals_by_key_model(
-    *, key_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None
+    *,
+    key_prefix: str | None = None,
+    endpoint: str | None = None,
+    by_endpoint: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[dict]:
-    """One row per (key, model): `key_name, key_prefix, model, requests, prompt_tokens, completion_tokens,
-    total_tokens, cost_usd`, ordered by key name, prefix and model.
+    """One row per (key, model): `key_name, key_prefix, model, requests, prompt_tokens, cached_tokens,
+    completion_tokens, total_tokens, cost_usd`, ordered by key name, prefix and model. `endpoint` keeps that
+    endpoint's records only; `by_endpoint` makes it one row per (key, model, endpoint), with an `endpoint` key,
+    ordered by endpoint last.
 
     A key is identified by its prefix; its name is the latest one recorded (a key renamed mid-period stays one
     row).
     """
+    group = ("key_prefix", "model", "endpoint") if by_endpoint else ("key_prefix", "model")
     rows = (
-        usage_records(key_prefix=key_prefix, since=since, until=until)
+        usage_records(key_prefix=key_prefix, endpoint=endpoint, since=since, until=until)
         .order_by()
-        .values("key_prefix", "model")
+        .values(*group)
         .annotate(
             key_name=Max("key_name"),
             requests=Count("id"),
             prompt_tokens=Sum("prompt_tokens"),
+            cached_tokens=Sum("cached_tokens"),
             completion_tokens=Sum("completion_tokens"),
             total_tokens=Sum("total_tokens"),
             cost_usd=Sum("cost_usd"),
         )
     )
     out = [_clean(dict(row)) for row in rows]
-    out.sort(key=lambda row: (row["key_name"].lower(), row["key_prefix"], row["model"]))
+    out.sort(key=lambda row: (row["key_name"].lower(), row["key_prefix"], row["model"], row.get("endpoint", "")))
+    return out
+
+
+def usage_endpoint_known(endpoint: str) -> bool:
+    """True for an endpoint the relay serves or that some usage record names."""
+    return endpoint in KNOWN_ENDPOINTS or UsageRecord.objects.filter(endpoint=endpoint).exists()
+
+
+def endpoint_order(names: Iterable[str]) -> list[str]:
+    """Endpoint names in a stable display order: the known ones as listed, then any others by name."""
+    names = set(names)
+    return [name for name in KNOWN_ENDPOINTS if name in names] + sorted(names - set(KNOWN_ENDPOINTS))
+
+
+def usage_totals_by_endpoint(
+    *,
+    key_prefix: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict]:
+    """One row per endpoint with usage: `endpoint, requests, prompt_tokens, cached_tokens, completion_tokens,
+    total_tokens, cost_usd, errors, throttled, error_rate`, in `endpoint_order`."""
+    rows = {
+        row["endpoint"]: _clean(dict(row))
+        for row in usage_records(key_prefix=key_prefix, since=since, until=until)
+        .order_by()
+        .values("endpoint")
+        .annotate(**_aggregates())
+    }
+    out = []
+    for name in endpoint_order(rows):
+        row = rows[name]
+        row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else 0.0
+        out.append(row)
     return out
 
 
@@ -87,12 +149,17 @@ def _day_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _series(records: QuerySet, *, trunc, start: datetime, step: timedelta, count: int) -> list[dict]:
+def _series(records: QuerySet, *, trunc: Any, start: datetime, step: timedelta, count: int) -> list[dict]:
     found = {}
     for row in (
         records.order_by().annotate(bucket=trunc("created_at", tzinfo=UTC)).values("bucket").annotate(**_aggregates())
     ):
         found[row["bucket"].astimezone(UTC)] = _clean(row)
+    return _fill(found, start=start, step=step, count=count)
+
+
+def _fill(found: dict[datetime, dict], *, start: datetime, step: timedelta, count: int) -> list[dict]:
+    """`count` buckets from `start`, zeros where `found` has none, with their error and throttle rates."""
     series = []
     for i in range(count):
         bucket = start + step * i
@@ -102,6 +169,27 @@ def _series(records: QuerySet, *, trunc, start: datetime, step: timedelta, count
         row["throttle_rate"] = row["throttled"] / row["requests"] if row["requests"] else 0.0
         series.append(row)
     return series
+
+
+def usage_daily_series_by_endpoint(
+    *, key_prefix: str | None = None, days: int = 30, now: datetime | None = None
+) -> dict[str, list[dict]]:
+    """Like `usage_daily_series`, one series per endpoint that has records in the span (in `endpoint_order`;
+    `{}` when there are none). Each day's row is that endpoint's alone."""
+    start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
+    records = usage_records(key_prefix=key_prefix, since=start)
+    found: dict[str, dict[datetime, dict]] = {}
+    for row in (
+        records.order_by()
+        .annotate(bucket=TruncDay("created_at", tzinfo=UTC))
+        .values("endpoint", "bucket")
+        .annotate(**_aggregates())
+    ):
+        found.setdefault(row["endpoint"], {})[row["bucket"].astimezone(UTC)] = _clean(row)
+    out = {}
+    for name in endpoint_order(found):
+        out[name] = _fill(found[name], start=start, step=timedelta(days=1), count=days)
+    return out
 
 
 def usage_daily_series(*, key_prefix: str | None = None, days: int = 30, now: datetime | None = None) -> list[dict]:
@@ -121,10 +209,17 @@ def usage_hourly_series(*, key_prefix: str | None = None, hours: int = 24, now: 
     return _series(records, trunc=TruncHour, start=start, step=timedelta(hours=1), count=hours)
 
 
-def usage_totals(*, key_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None):
-    """Totals over a span: `requests, prompt_tokens, completion_tokens, total_tokens, cost_usd, errors,
-    throttled, error_rate, throttle_rate`."""
-    row = _clean(usage_records(key_prefix=key_prefix, since=since, until=until).aggregate(**_aggregates()))
+def usage_totals(
+    *,
+    key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict:
+    """Totals over a span, of one key, several, or all: `requests, prompt_tokens, cached_tokens,
+    completion_tokens, total_tokens, cost_usd, errors, throttled, error_rate, throttle_rate`."""
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
+    row = _clean(records.aggregate(**_aggregates()))
     row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else 0.0
     row["throttle_rate"] = row["throttled"] / row["requests"] if row["requests"] else 0.0
     return row
@@ -156,13 +251,27 @@ def usage_top_models(*, since: datetime, limit: int = 10) -> list[dict]:
     return [_clean(dict(row)) for row in rows]
 
 
-def usage_budget_status(*, api_key, now: datetime | None = None) -> dict:
-    """Spend of `api_key` in its current budget period against its cap: `budget_usd` (None = no cap),
-    `period`, `period_start`, `renews_at` (None for `total`), `spent_usd`, `remaining_usd`, `used_fraction`."""
+def usage_lineage_prefixes(api_key: APIKey) -> list[str]:
+    """The prefixes of every key of `api_key`'s rotation lineage (`APIKey.lineage`), itself included."""
+    lineage = api_key.lineage or api_key.prefix
+    prefixes = set(APIKey.objects.filter(lineage=lineage).values_list("prefix", flat=True))
+    prefixes.add(api_key.prefix)
+    return sorted(prefixes)
+
+
+def usage_budget_status(*, api_key: APIKey, now: datetime | None = None) -> dict:
+    """Spend of `api_key`'s rotation lineage in its current budget period against its cap: `budget_usd` (None =
+    no cap), `period`, `period_start`, `renews_at` (None for `total`), `spent_usd`, `remaining_usd`,
+    `used_fraction`, `lineage_keys` (how many keys' spend is counted: 1 for a key never rotated).
+
+    Spend counts every key of the lineage, as budget enforcement does (metering.base.budget_spent_in_database):
+    a successor starts with its predecessors' spend, so the panel and a 429 agree.
+    """
     # The same period boundaries as budget enforcement (metering/), so the panel and a 429 agree.
     window = BudgetWindow.at(api_key.budget_period, now or timezone.now())
     start, renews = window.start, window.renews_at
-    spent = usage_totals(key_prefix=api_key.prefix, since=start, until=renews)["cost_usd"]
+    prefixes = usage_lineage_prefixes(api_key)
+    spent = usage_totals(key_prefixes=prefixes, since=start, until=renews)["cost_usd"]
     budget = api_key.budget_usd
     remaining = None if budget is None else max(budget - spent, ZERO)
     fraction = None if not budget else float(spent / budget)
@@ -174,12 +283,14 @@ def usage_budget_status(*, api_key, now: datetime | None = None) -> dict:
         "spent_usd": spent,
         "remaining_usd": remaining,
         "used_fraction": fraction,
+        "lineage_keys": len(prefixes),
     }
 
 
 def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10) -> dict:
     """Everything the admin dashboard shows: `today` and `period` totals, `daily` (last `days` days) and
-    `hourly` (last 24 h) series, `top_keys` and `top_models` over the period."""
+    `hourly` (last 24 h) series, `top_keys` and `top_models` over the period, `endpoints` (totals per endpoint
+    over the period, `usage_totals_by_endpoint`) and `daily_by_endpoint` (`usage_daily_series_by_endpoint`)."""
     now = now or timezone.now()
     today = _day_start(now)
     since = today - timedelta(days=days - 1)
@@ -192,6 +303,8 @@ def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 1
         "hourly": usage_hourly_series(hours=24, now=now),
         "top_keys": usage_top_keys(since=since, limit=top),
         "top_models": usage_top_models(since=since, limit=top),
+        "endpoints": usage_totals_by_endpoint(since=since),
+        "daily_by_endpoint": usage_daily_series_by_endpoint(days=days, now=now),
     }
 
 

@@ -20,7 +20,7 @@ Guarantees:
 * **a record the database refuses for its own content** (it should not happen: strings are truncated and
   numbers clamped to the columns) is logged at ERROR and skipped, so that it cannot block every later record.
 
-The writer also sets `APIKey.last_used_at`, at most once per key per `last_used_every` seconds per process, with
+The writer also sets `APIKey.last_used_at`, at most once per key per `last_used_every` seconds per process, through
 `QuerySet.update`: that sends no `post_save`, so it does not bump `KeyGeneration` and every worker keeps its
 key cache.
 """
@@ -31,12 +31,14 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connections, transaction
-from django.db.models import Q
+
+from .endpoint_names import CHAT_COMPLETIONS
 
 logger = logging.getLogger("tollgate.usage")
 
@@ -51,11 +53,13 @@ ROW_FIELDS = (
     "api_key_id",
     "key_prefix",
     "key_name",
+    "endpoint",
     "model",
     "status",
     "error_type",
     "streamed",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "usage_estimated",
     "cost_usd",
@@ -64,6 +68,9 @@ ROW_FIELDS = (
     "upstream_request_id",
     "created_at",
 )
+# Where `_touch_keys` finds a captured row's key and start time.
+_ROW_KEY = ROW_FIELDS.index("api_key_id")
+_ROW_STARTED = ROW_FIELDS.index("created_at")
 
 
 def capture(outcome) -> tuple:
@@ -74,11 +81,13 @@ def capture(outcome) -> tuple:
         key.id,
         key.prefix,
         key.name,
+        outcome.endpoint,
         outcome.model,
         outcome.status,
         outcome.error_type,
         outcome.streamed,
         outcome.prompt_tokens,
+        outcome.cached_tokens,
         outcome.completion_tokens,
         outcome.usage_estimated,
         outcome.cost_usd,
@@ -110,11 +119,13 @@ INSERT_COLUMNS = (
     "api_key_id",
     "key_prefix",
     "key_name",
+    "endpoint",
     "model",
     "status",
     "error_type",
     "streamed",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "total_tokens",
     "usage_estimated",
@@ -127,20 +138,27 @@ INSERT_COLUMNS = (
 
 
 def fit(row: tuple) -> tuple:
-    """A captured row as UsageRecord column values (`INSERT_COLUMNS` order), each fitted to its column."""
-    (request_id, key_id, prefix, name, model, status, error_type, streamed, prompt, completion, estimated, cost,
-     latency, ttfb, upstream_id, created_at) = row  # fmt: skip
+    """A captured row as UsageRecord column values (`INSERT_COLUMNS` order), each fitted to its column.
+
+    An outcome that names no endpoint is recorded as a chat completion (the only endpoint before there were
+    several); cached tokens are clamped to the prompt tokens they are part of. `error_type` (a `StrEnum`) is
+    stored as its value.
+    """
+    (request_id, key_id, prefix, name, endpoint, model, status, error_type, streamed, prompt, cached, completion,
+     estimated, cost, latency, ttfb, upstream_id, created_at) = row  # fmt: skip
     prompt, completion = _count(prompt), _count(completion)
     return (
         str(request_id)[:64],
         key_id,
         str(prefix or "")[:8],
         str(name or "")[:50],
+        str(endpoint or CHAT_COMPLETIONS)[:40],
         str(model or "")[:100],
         min(max(int(status or 0), 0), 32767),
         str(error_type or "")[:40],
         bool(streamed),
         prompt,
+        min(_count(cached), prompt),
         completion,
         min(prompt + completion, _MAX_UINT),
         bool(estimated),
@@ -177,7 +195,8 @@ class UsageWriter:
     hook. Tests build their own writer and swap `timer`.
     """
 
-    timer = time.monotonic
+    # Annotated as a plain callable so that it is not bound as a method (tests swap it).
+    timer: Callable[[], float] = time.monotonic
     # Backoff between retries while the database is failing: doubles from `retry_initial` up to `retry_max`.
     retry_initial = 0.25
     retry_max = 10.0
@@ -312,7 +331,7 @@ class UsageWriter:
     # -- writing ------------------------------------------------------------------------------------------------
 
     def _drain(self, limit: int) -> list:
-        rows = []
+        rows: list[tuple] = []
         popleft = self._buffer.popleft
         try:
             while len(rows) < limit:
@@ -388,7 +407,9 @@ class UsageWriter:
         connection = connections[self.using]
         ops = connection.ops
         meta = UsageRecord._meta
-        columns = ", ".join(ops.quote_name(meta.get_field(name).column) for name in INSERT_COLUMNS)
+        # By attname (`api_key_id`), concrete fields only: `_meta.get_field` is typed for relations without columns.
+        concrete = {field.attname: field.column for field in meta.concrete_fields}
+        columns = ", ".join(ops.quote_name(concrete[name]) for name in INSERT_COLUMNS)
         placeholders = ", ".join(["%s"] * len(INSERT_COLUMNS))
         sql = (
             f"INSERT INTO {ops.quote_name(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
@@ -441,26 +462,22 @@ class UsageWriter:
 
     def _touch_keys(self, batch: list) -> None:
         """Set `last_used_at` (to the latest request start seen) for keys not written for `last_used_every` s."""
-        from apikeys.models import APIKey
+        from apikeys.services import api_key_touch_last_used
 
         now = self.timer()
         latest: dict = {}
         for row in batch:
-            key_id, started = row[1], row[15]
+            key_id, started = row[_ROW_KEY], row[_ROW_STARTED]
             if key_id is None or now - self._last_used.get(key_id, float("-inf")) < self.last_used_every:
                 continue
             if key_id not in latest or started > latest[key_id]:
                 latest[key_id] = started
         if not latest:
             return
-        keys = APIKey.objects.using(self.using)
         try:
-            for key_id, started in latest.items():
-                # QuerySet.update: no post_save, so no KeyGeneration bump and no key-cache flush on any worker;
-                # nor does it touch the auto_now `updated_at`. Never moves last_used_at backwards.
-                keys.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=started), pk=key_id).update(
-                    last_used_at=started
-                )
+            # The key app's service: one UPDATE, no KeyGeneration bump, never backwards.
+            api_key_touch_last_used(last_used=latest, using=self.using)
+            for key_id in latest:
                 self._last_used[key_id] = now
         except DatabaseError as exc:
             logger.warning("usage writer: could not update last_used_at: %s", exc)

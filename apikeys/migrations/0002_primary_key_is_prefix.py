@@ -1,6 +1,7 @@
 # Keys created before this migration have the package's primary key `prefix.hash`; make it the prefix, so that
-# no admin URL or log entry carries a hash (issue 3). References follow: on PostgreSQL the foreign keys are
-# deferred to the end of the transaction, on SQLite the migration runs with constraint checks off.
+# no admin URL or log entry carries a hash (URLs travel on into access logs and Referer headers). References
+# follow: on PostgreSQL the foreign keys are deferred to the end of the transaction, on SQLite the migration runs
+# with constraint checks off.
 
 from django.db import migrations
 from django.db.models import F

@@ -1,33 +1,10 @@
 -- wrk script for `make bench`: POST a small chat completion, then print the summary as one JSON line.
 --
--- Environment: BENCH_KEY (sent as `Authorization: Bearer …` when set), BENCH_BODY (the JSON body; a small
--- one-message chat by default). The last line of stdout is `BENCH_JSON {...}`, read by bench/run.py.
---
--- Latency percentiles are wrk's own, after its coordinated-omission correction: for every response slower
--- than twice the mean interval between requests on a connection, wrk adds the samples the stalled connection
--- would have produced. One long stall therefore shows up as many slow samples (this is what makes the p99
--- honest for a closed-loop client, and very sensitive to pauses).
+-- Environment: BENCH_KEY (see report.lua), BENCH_BODY (the JSON body; a small one-message chat by default).
+-- The last line of stdout is `BENCH_JSON {...}`, read by bench/run.py.
 
-wrk.method = "POST"
+-- report.lua sits next to this script; wrk gives no script directory, but the chunk's source is "@<path>".
+dofile(debug.getinfo(1, "S").source:sub(2):match("^(.-)[^/]*$") .. "report.lua")
+
 wrk.body = os.getenv("BENCH_BODY")
   or '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark"}]}'
-wrk.headers["Content-Type"] = "application/json"
-local key = os.getenv("BENCH_KEY")
-if key and key ~= "" then
-  wrk.headers["Authorization"] = "Bearer " .. key
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  local parts = {
-    string.format('"requests":%d', summary.requests),
-    string.format('"duration_us":%d', summary.duration),
-    string.format('"bytes":%d', summary.bytes),
-    string.format('"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}',
-      e.connect, e.read, e.write, e.status, e.timeout),
-    string.format('"latency_us":{"mean":%.1f,"stdev":%.1f,"max":%d,"p50":%d,"p75":%d,"p90":%d,"p99":%d,"p999":%d}',
-      latency.mean, latency.stdev, latency.max, latency:percentile(50), latency:percentile(75),
-      latency:percentile(90), latency:percentile(99), latency:percentile(99.9)),
-  }
-  io.write("BENCH_JSON {" .. table.concat(parts, ",") .. "}\n")
-end

@@ -88,20 +88,16 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# CACHES / REDIS
-# Optional. With REDIS_URL, rate limits, budgets and key invalidation are shared through Redis;
-# without it they go through the database (exact too, slower).
+# REDIS
+# Optional. With REDIS_URL, rate limits and budget reservations live in Redis (metering/redis_store.py, its own
+# client); without it they go through the database (exact too, slower). Key changes reach the workers through
+# the database either way (apikeys/keycache.py polls KeyGeneration).
 REDIS_URL = env("REDIS_URL", default="")
-if REDIS_URL:
-    CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1, "IGNORE_EXCEPTIONS": True},
-        }
-    }
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# CACHES
+# Nothing of Tollgate's uses Django's cache framework, and neither do its apps as configured (sessions and
+# django-axes' lockout counts are in the database): Django's per-process default, stated here.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # UPSTREAM (OpenAI or any OpenAI-compatible server)
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")

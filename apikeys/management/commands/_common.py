@@ -2,29 +2,14 @@
 
 import argparse
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from core.commands import StrictCommand
 
-class KeyCommand(BaseCommand):
-    """A command whose usage errors are one line on stderr and exit 2 (scripts parse stderr)."""
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-
-        def one_line_error(message):
-            if not parser.called_from_command_line:
-                from django.core.management.base import CommandError
-
-                raise CommandError(f"Error: {message}")
-            sys.stderr.write(f"{prog_name} {subcommand}: error: {message}\n")
-            sys.exit(2)
-
-        parser.error = one_line_error
-        return parser
+# The key commands' base: one-line usage errors (core.commands).
+KeyCommand = StrictCommand
 
 
 def non_negative_int(value: str) -> int:

@@ -1,7 +1,13 @@
-"""`manage.py usage_report [--key KEY_OR_PREFIX] [--since DAY] [--until DAY] [--format table|csv|json]`.
+"""`manage.py usage_report [--key KEY_OR_PREFIX] [--since DAY] [--until DAY] [--endpoint NAME] [--by-endpoint]
+[--format table|csv|json]`.
 
 Totals per key and model over UTC days: the columns `key_name, key_prefix, model, requests, prompt_tokens,
 completion_tokens, cost_usd`, one row per (key, model), ordered by key name, prefix and model.
+
+* `--endpoint NAME` counts only that endpoint's requests (`chat.completions`, `completions`, `embeddings`,
+  `moderations`); the columns stay the same. An unknown name (neither served nor ever recorded) is an error.
+* `--by-endpoint` splits each row by endpoint and adds an `endpoint` column after `model`: one row per
+  (key, model, endpoint), ordered by key name, prefix, model and endpoint.
 
 * `--since` and `--until` are `YYYY-MM-DD` UTC days and both are **inclusive**: `--until 2025-03-31` counts
   everything up to 2025-03-31 23:59:59.999999 UTC.
@@ -17,16 +23,19 @@ A bad date or an unknown key exits non-zero with a one-line message on stderr; t
 import argparse
 import csv
 import json
+from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 
 from django.core.management.base import CommandError
 
-from apikeys.management.commands._common import KeyCommand
 from apikeys.services import KeyLookupError, api_key_find
-from usage.selectors import day_bounds, usage_key_prefix_known, usage_totals_by_key_model
+from core.commands import StrictCommand
+from usage.endpoint_names import KNOWN_ENDPOINTS
+from usage.selectors import day_bounds, usage_endpoint_known, usage_key_prefix_known, usage_totals_by_key_model
 
 COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
+COLUMNS_BY_ENDPOINT = ("key_name", "key_prefix", "model", "endpoint", *COLUMNS[3:])
 NUMERIC = frozenset({"requests", "prompt_tokens", "completion_tokens", "cost_usd"})
 COST_QUANTUM = Decimal("0.00000001")
 
@@ -44,24 +53,46 @@ def format_cost(value) -> str:
     return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
 
 
-class Command(KeyCommand):
+class Command(StrictCommand):
     help = "Usage totals per key and model (UTC days; --since and --until inclusive)."
+    columns: Sequence[str] = COLUMNS
 
     def add_arguments(self, parser):
         parser.add_argument("--key", metavar="KEY_OR_PREFIX", help="Only this key: a raw key or its prefix.")
         parser.add_argument("--since", type=utc_day, metavar="YYYY-MM-DD", help="First UTC day (inclusive).")
         parser.add_argument("--until", type=utc_day, metavar="YYYY-MM-DD", help="Last UTC day (inclusive).")
+        parser.add_argument(
+            "--endpoint", metavar="NAME", help=f"Only this endpoint's requests ({', '.join(KNOWN_ENDPOINTS)})."
+        )
+        parser.add_argument(
+            "--by-endpoint", action="store_true", help="One row per key, model and endpoint (adds an endpoint column)."
+        )
         parser.add_argument("--format", dest="output_format", choices=("table", "csv", "json"), default="table")
 
-    def handle(self, *args, key=None, since=None, until=None, output_format="table", **options):
+    def handle(
+        self,
+        *args: str,
+        key: str | None = None,
+        since: date | None = None,
+        until: date | None = None,
+        endpoint: str | None = None,
+        by_endpoint: bool = False,
+        output_format: str = "table",
+        **options: object,
+    ) -> None:
         if since and until and since > until:
             raise CommandError(f"--since {since} is after --until {until}.")
+        if endpoint is not None:
+            endpoint = endpoint.strip()
+            if not usage_endpoint_known(endpoint):
+                raise CommandError(f"Unknown endpoint {endpoint!r}; expected one of: {', '.join(KNOWN_ENDPOINTS)}.")
         key_prefix = self.key_prefix(key) if key is not None else None
         first, last = day_bounds(since, until)
-        rows = [
-            {name: row[name] for name in COLUMNS}
-            for row in usage_totals_by_key_model(key_prefix=key_prefix, since=first, until=last)
-        ]
+        self.columns = COLUMNS_BY_ENDPOINT if by_endpoint else COLUMNS
+        totals = usage_totals_by_key_model(
+            key_prefix=key_prefix, endpoint=endpoint, by_endpoint=by_endpoint, since=first, until=last
+        )
+        rows = [{name: row[name] for name in self.columns} for row in totals]
         for row in rows:
             row["cost_usd"] = format_cost(row["cost_usd"])
         getattr(self, f"write_{output_format}")(rows)
@@ -80,7 +111,7 @@ class Command(KeyCommand):
         self.stdout.write(json.dumps(rows, indent=2))
 
     def write_csv(self, rows: list[dict]) -> None:
-        writer = csv.DictWriter(self.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(self.stdout, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -88,21 +119,22 @@ class Command(KeyCommand):
         if not rows:
             self.stdout.write("No usage in this period.")
             return
-        total = {name: "" for name in COLUMNS}
+        columns = self.columns
+        total = {name: "" for name in columns}
         total["key_name"] = "TOTAL"
         for name in ("requests", "prompt_tokens", "completion_tokens"):
             total[name] = sum(row[name] for row in rows)
         total["cost_usd"] = format_cost(sum(Decimal(row["cost_usd"]) for row in rows))
-        cells = [[str(row[name]) for name in COLUMNS] for row in [*rows, total]]
-        widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(COLUMNS)]
+        cells = [[str(row[name]) for name in columns] for row in [*rows, total]]
+        widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(columns)]
 
-        def line(values):
+        def line(values: Sequence[str]) -> str:
             return "  ".join(
                 value.rjust(width) if name in NUMERIC else value.ljust(width)
-                for name, value, width in zip(COLUMNS, values, widths, strict=True)
+                for name, value, width in zip(columns, values, widths, strict=True)
             ).rstrip()
 
-        out = [line(COLUMNS), "  ".join("-" * width for width in widths)]
+        out = [line(columns), "  ".join("-" * width for width in widths)]
         out += [line(values) for values in cells[:-1]]
         out += ["  ".join("-" * width for width in widths), line(cells[-1])]
         self.stdout.write("\n".join(out))

@@ -22,6 +22,9 @@
     remaining: "rgba(128, 128, 128, 0.22)"
   };
 
+  // One colour per endpoint series, in the order the server lists endpoints (chat first).
+  var SERIES_COLORS = ["#417690", "#e08a2c", "#2f9e6e", "#8e5ea2", "#ba2121", "#79aec8", "#e8a33d"];
+
   function usd(value) {
     if (!value) return "$0";
     var digits = Math.abs(value) < 0.01 ? 4 : 2;
@@ -217,6 +220,27 @@
           scales: {
             x: timeAxis(),
             y: { beginAtZero: true, suggestedMax: 10, ticks: { callback: percent } }
+          }
+        })
+      };
+    },
+
+    // Stacked bars of requests per day, one series per endpoint ({labels, series: [{name, requests, ...}]}).
+    "endpoints": function (d) {
+      return {
+        type: "bar",
+        data: {
+          labels: d.labels,
+          datasets: d.series.map(function (s, i) {
+            return {
+              label: s.name, data: s.requests, backgroundColor: SERIES_COLORS[i % SERIES_COLORS.length], stack: "e"
+            };
+          })
+        },
+        options: baseOptions({
+          scales: {
+            x: Object.assign(timeAxis(), { stacked: true }),
+            y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } }
           }
         })
       };

@@ -1,0 +1,112 @@
+"""Server-sent event streams as the upstream sends them, relayed event by event, unchanged.
+
+A *dialect* knows how one family of endpoints frames its stream: where an event ends, which event ends the
+stream, which event carries the usage, and how a failure is told to the client. `DataEventStream` is the one of
+chat and legacy completions: `data: <json>` events, a usage chunk (`choices: []`) when asked for, and
+`data: [DONE]` at the end.
+
+The relay reads the upstream's bytes as they arrive, cuts them into complete events (`\\n\\n`), and yields
+each batch of complete events at once: nothing is held back, nothing re-encoded. Only an event that may carry
+usage or an error is parsed.
+"""
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from core.errors import OpenAIError, UpstreamError, error_body_bytes
+
+from .usage import BadUsage, Usage, chat_usage
+
+DONE_EVENT = b"data: [DONE]"
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What a relayed stream has told Tollgate so far.
+
+    `usage` is the upstream's reported usage (None: none yet, or malformed); `complete` is True once the
+    dialect's end event was relayed; `relayed_text` counts the pieces of generated text sent to the client (the
+    estimate of a stream cut short); `upstream_error` is True when the upstream itself sent an error event.
+    """
+
+    client_wants_usage: bool = False
+    usage: Usage | None = None
+    bad_usage: bool = False
+    complete: bool = False
+    relayed_text: int = 0
+    upstream_error: bool = False
+    pending: bytes = field(default=b"", repr=False)
+
+
+class DataEventStream:
+    """`data: <json>` events ended by `data: [DONE]` (chat completions, legacy completions).
+
+    The usage chunk Tollgate asked for (`stream_options.include_usage`) is dropped unless the client asked for it
+    too. `generated` matches one piece of generated text in an event (about one token each).
+    """
+
+    def __init__(self, *, generated: bytes):
+        self.generated = re.compile(generated)
+
+    def cut(self, state: StreamState, chunk: bytes) -> bytes:
+        """The complete events of `state.pending + chunk`, filtered, ready to send (b"" if none is complete)."""
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        pending = state.pending + chunk if state.pending else chunk
+        if b"\n\n" not in pending:
+            state.pending = pending
+            return b""
+        *events, state.pending = pending.split(b"\n\n")
+        out = []
+        for event in events:
+            if not event:
+                continue
+            if event.startswith(DONE_EVENT):
+                state.complete = True
+            elif b'"usage":{' in event or b'"usage": {' in event:
+                parsed = _data_of(event)
+                if parsed is not None and isinstance(parsed.get("usage"), dict):
+                    try:
+                        state.usage = chat_usage(parsed["usage"])
+                    except BadUsage:
+                        state.bad_usage = True
+                    if not state.client_wants_usage and not parsed.get("choices"):
+                        continue  # the usage chunk only Tollgate asked for
+            elif b'"error"' in event[:20]:
+                state.upstream_error = True
+            else:
+                state.relayed_text += len(self.generated.findall(event))
+            out.append(event)
+            out.append(b"\n\n")
+        return b"".join(out)
+
+    def check_end(self, state: StreamState) -> None:
+        """Raise `UpstreamError` when the upstream's stream ended before its end event."""
+        if not state.complete:
+            raise UpstreamError("The upstream stream ended before it was complete.")
+
+    def error_event(self, exc: OpenAIError, state: StreamState) -> bytes:
+        """The last event of a stream that failed: `data: {"error": {...}}`."""
+        return b"data: " + error_body_bytes(exc.message, exc.error_type, exc.param, exc.error_code) + b"\n\n"
+
+
+def _data_of(event: bytes) -> dict | None:
+    line = event.split(b"\n", 1)[0]
+    if not line.startswith(b"data:"):
+        return None
+    try:
+        parsed = orjson.loads(line[5:])
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+async def aiter_events(dialect, state: StreamState, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The upstream's raw chunks as batches of complete, filtered events."""
+    async for chunk in chunks:
+        out = dialect.cut(state, chunk)
+        if out:
+            yield out

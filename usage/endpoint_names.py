@@ -1,0 +1,9 @@
+"""The names usage records give the relay's endpoints (`UsageRecord.endpoint`).
+
+The relay (completions/) declares its endpoints and sets `RequestOutcome.endpoint`; usage/ may not import the
+relay (the relay imports usage/), so the names it knows of are repeated here for the report's `--endpoint`
+check and the dashboards' order. A name recorded but missing here still shows everywhere.
+"""
+
+CHAT_COMPLETIONS = "chat.completions"
+KNOWN_ENDPOINTS: tuple[str, ...] = (CHAT_COMPLETIONS, "completions", "embeddings", "moderations")

@@ -27,7 +27,7 @@ Every case runs twice in the same run, against the fake upstream directly and th
 * 100, 1,000 and 2,000 held streams (bench/streams.py `streams`): errors, first byte p50/p99, the sum of the
   gateway workers' RSS.
 
-Prints a table, checks the issue's bars, and writes `bench/results/<timestamp>.json`. Ends on its own: every
+Prints a table, checks the performance bars, and writes `bench/results/<timestamp>.json`. Ends on its own: every
 step has a timeout, and the whole run is bounded by `--max-seconds`.
 
 bench/compare.py reuses the pieces below (fresh database, gateway start, wrk) to run two checkouts side by side.
@@ -680,7 +680,7 @@ def _added(gateway: dict, direct: dict, percentile: str) -> float | None:
 
 
 def bars(results: dict) -> list[dict]:
-    """The issue's bars, each with the figure it is judged on and whether it is met.
+    """The performance bars, each with the figure it is judged on and whether it is met.
 
     `judged` is False for figures shown beside a bar for reference: the median added latency of a saturated
     closed-loop run is queueing (p50 is about connections / throughput by Little's law), so the added-latency

@@ -16,7 +16,7 @@ from django.utils import timezone
 from apikeys.models import APIKey
 from metering.base import BudgetWindow
 
-from .endpoint_names import KNOWN_ENDPOINTS
+from .endpoint_names import known_endpoints
 from .models import UsageRecord
 
 ZERO = Decimal("0")
@@ -109,13 +109,14 @@ def usage_totals_by_key_model(
 
 def usage_endpoint_known(endpoint: str) -> bool:
     """True for an endpoint the relay serves or that some usage record names."""
-    return endpoint in KNOWN_ENDPOINTS or UsageRecord.objects.filter(endpoint=endpoint).exists()
+    return endpoint in known_endpoints() or UsageRecord.objects.filter(endpoint=endpoint).exists()
 
 
 def endpoint_order(names: Iterable[str]) -> list[str]:
     """Endpoint names in a stable display order: the known ones as listed, then any others by name."""
     names = set(names)
-    return [name for name in KNOWN_ENDPOINTS if name in names] + sorted(names - set(KNOWN_ENDPOINTS))
+    known = known_endpoints()
+    return [name for name in known if name in names] + sorted(names - set(known))
 
 
 def usage_totals_by_endpoint(

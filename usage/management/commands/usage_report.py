@@ -31,7 +31,7 @@ from django.core.management.base import CommandError
 
 from apikeys.services import KeyLookupError, api_key_find
 from core.commands import StrictCommand
-from usage.endpoint_names import KNOWN_ENDPOINTS
+from usage.endpoint_names import known_endpoints
 from usage.selectors import day_bounds, usage_endpoint_known, usage_key_prefix_known, usage_totals_by_key_model
 
 COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -62,7 +62,7 @@ class Command(StrictCommand):
         parser.add_argument("--since", type=utc_day, metavar="YYYY-MM-DD", help="First UTC day (inclusive).")
         parser.add_argument("--until", type=utc_day, metavar="YYYY-MM-DD", help="Last UTC day (inclusive).")
         parser.add_argument(
-            "--endpoint", metavar="NAME", help=f"Only this endpoint's requests ({', '.join(KNOWN_ENDPOINTS)})."
+            "--endpoint", metavar="NAME", help=f"Only this endpoint's requests ({', '.join(known_endpoints())})."
         )
         parser.add_argument(
             "--by-endpoint", action="store_true", help="One row per key, model and endpoint (adds an endpoint column)."
@@ -85,7 +85,7 @@ class Command(StrictCommand):
         if endpoint is not None:
             endpoint = endpoint.strip()
             if not usage_endpoint_known(endpoint):
-                raise CommandError(f"Unknown endpoint {endpoint!r}; expected one of: {', '.join(KNOWN_ENDPOINTS)}.")
+                raise CommandError(f"Unknown endpoint {endpoint!r}; expected one of: {', '.join(known_endpoints())}.")
         key_prefix = self.key_prefix(key) if key is not None else None
         first, last = day_bounds(since, until)
         self.columns = COLUMNS_BY_ENDPOINT if by_endpoint else COLUMNS

@@ -291,22 +291,111 @@ model_list_schema = extend_schema(
 )
 
 
-def describe_stream_options_rule(result, generator, request, public):
-    """POSTPROCESSING_HOOKS entry: `stream_options` (unless null) needs `stream: true`, as validation enforces.
+def describe_cross_field_rules(result, generator, request, public):
+    """POSTPROCESSING_HOOKS entry: the rules serializers cannot state, one field depending on another.
 
-    Serializers cannot say that one field depends on another; the rule is added to the request component here.
+    Chat and legacy completions: `stream_options` (unless null) needs `stream: true`, as validation enforces.
+    Legacy completions: OpenAI takes `best_of` only when it is at least `n` and without `stream`; described here
+    (more strictly: with `n` 1 or absent), since the upstream refuses the rest.
     """
-    request_schema = result.get("components", {}).get("schemas", {}).get("ChatCompletionCreateRequest")
-    if request_schema is not None:
-        request_schema["anyOf"] = [
-            {"not": {"required": ["stream_options"]}},
-            {"properties": {"stream_options": {"nullable": True, "enum": [None]}}},
-            {"required": ["stream"], "properties": {"stream": {"enum": [True]}}},
+    schemas = result.get("components", {}).get("schemas", {})
+    stream_options_rule = [
+        {"not": {"required": ["stream_options"]}},
+        {"properties": {"stream_options": {"nullable": True, "enum": [None]}}},
+        {"required": ["stream"], "properties": {"stream": {"enum": [True]}}},
+    ]
+    if "ChatCompletionCreateRequest" in schemas:
+        schemas["ChatCompletionCreateRequest"]["anyOf"] = stream_options_rule
+    if "CompletionCreateRequest" in schemas:
+        schemas["CompletionCreateRequest"]["allOf"] = [
+            {"anyOf": stream_options_rule},
+            {
+                "anyOf": [
+                    {"not": {"required": ["best_of"]}},
+                    {"properties": {"best_of": {"nullable": True, "enum": [None]}}},
+                    {
+                        "properties": {
+                            "best_of": {"minimum": 1},
+                            "n": {"nullable": True, "enum": [None, 1]},
+                            "stream": {"nullable": True, "enum": [None, False]},
+                        }
+                    },
+                ]
+            },
         ]
     return result
 
 
 # The other relayed endpoints. Their answers are relayed unchanged, so the response schemas stay open objects.
+
+
+TOKEN_ARRAY = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "minItems": 1}
+CONTENT_PARTS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
+                "required": ["type", "text"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"enum": ["image_url"]},
+                    "image_url": {
+                        "type": "object",
+                        "properties": {"url": {"type": "string"}},
+                        "required": ["url"],
+                    },
+                },
+                "required": ["type", "image_url"],
+            },
+        ]
+    },
+}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            TOKEN_ARRAY,
+            {"type": "array", "items": TOKEN_ARRAY, "minItems": 1},
+        ],
+    }
+)
+class PromptField(serializers.JSONField):
+    """A legacy `prompt`: a string, strings, a token array or token arrays."""
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 2048},
+            TOKEN_ARRAY,
+            {"type": "array", "items": TOKEN_ARRAY, "minItems": 1, "maxItems": 2048},
+        ]
+    }
+)
+class EmbeddingInputField(serializers.JSONField):
+    """An embeddings `input`: a non-empty string, up to 2,048 non-empty strings, a token array or token arrays."""
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            CONTENT_PARTS,
+        ]
+    }
+)
+class ModerationInputField(serializers.JSONField):
+    """A moderations `input`: a string, strings, or content parts (`text`, `image_url`)."""
 
 
 class CompletionCreateSerializer(serializers.Serializer):
@@ -315,7 +404,7 @@ class CompletionCreateSerializer(serializers.Serializer):
     model = serializers.CharField(
         validators=[RegexValidator(r"\S")], help_text="Model id, e.g. `gpt-3.5-turbo-instruct`."
     )
-    prompt = AnyJSONField(
+    prompt = PromptField(
         help_text="A string, an array of strings, an array of token ids or an array of token-id arrays."
     )
     max_tokens = serializers.IntegerField(
@@ -323,7 +412,11 @@ class CompletionCreateSerializer(serializers.Serializer):
     )
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=128)
     best_of = serializers.IntegerField(
-        required=False, allow_null=True, min_value=0, max_value=20, help_text="At least `n`; not with `stream`."
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=20,
+        help_text="OpenAI asks for at least `n` and not with `stream` (the upstream judges that).",
     )
     echo = serializers.BooleanField(required=False, allow_null=True)
     stream = serializers.BooleanField(required=False, allow_null=True)
@@ -342,19 +435,20 @@ class EmbeddingCreateSerializer(serializers.Serializer):
     """The fields of OpenAI's CreateEmbeddingRequest that Tollgate checks."""
 
     model = serializers.CharField(validators=[RegexValidator(r"\S")], help_text="e.g. `text-embedding-3-small`.")
-    input = AnyJSONField(
-        help_text="A non-empty string, an array of up to 2,048 strings, an array of token ids, or an array of "
-        "token-id arrays."
+    input = EmbeddingInputField(
+        help_text="A non-empty string, up to 2,048 non-empty strings, an array of token ids, or token-id arrays."
     )
-    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, allow_null=True)
-    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
-    user = AnyJSONField(required=False)
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False)
+    # Tollgate checks >= 1; the upper bound is the model's own size (1,536 for text-embedding-3-small, 3,072 for
+    # -large), which the upstream judges: described here at the smaller one.
+    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1536)
+    user = serializers.CharField(required=False, help_text="An end-user id, for OpenAI's abuse monitoring.")
 
 
 class ModerationCreateSerializer(serializers.Serializer):
     """OpenAI's CreateModerationRequest."""
 
-    input = AnyJSONField(help_text="A string, an array of strings, or an array of content parts.")
+    input = ModerationInputField(help_text="A string, an array of strings, or an array of content parts.")
     model = serializers.CharField(
         required=False,
         validators=[RegexValidator(r"\S")],

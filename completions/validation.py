@@ -262,12 +262,9 @@ def parse_completion_request(raw: bytes) -> ParsedRequest:
         _check_text_or_tokens(prompt, "prompt", allow_empty_string=True)
     check_booleans(data, COMPLETION_BOOLEANS)
     check_ranges(data, COMPLETION_RANGES)
+    # `best_of` below `n`, or with `stream`, is the upstream's to refuse: the reservation covers either reading.
     n = data.get("n") or 1
     best_of = data.get("best_of")
-    if best_of is not None and best_of < n:
-        raise InvalidRequest(f"'best_of' must be greater than or equal to 'n'; got {best_of} < {n}.", param="best_of")
-    if best_of not in (None, 1) and data.get("stream") is True:
-        raise InvalidRequest("'best_of' cannot be used with 'stream'.", param="best_of")
     stream, client_wants_usage, forward_body = stream_usage(data, raw)
     max_tokens = data.get("max_tokens")
     return ParsedRequest(

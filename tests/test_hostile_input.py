@@ -61,7 +61,9 @@ def assert_sane(response: httpx.Response, what) -> None:
         if response.headers["content-type"].startswith("text/event-stream"):
             assert response.text.rstrip().endswith("data: [DONE]"), (response.text[-300:], what)
         else:
-            assert "choices" in response.json() or "data" in response.json(), (response.text[:300], what)
+            # choices: chat and legacy completions; data: embeddings and the model list; results: moderations.
+            body = response.json()
+            assert "choices" in body or "data" in body or "results" in body, (response.text[:300], what)
     else:
         problem = openai_error_problem(response)
         assert not problem, (problem, what)

@@ -261,6 +261,6 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "completions.schema.describe_stream_options_rule",
+        "completions.schema.describe_cross_field_rules",
     ],
 }

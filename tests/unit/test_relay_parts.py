@@ -92,9 +92,7 @@ def test_legacy_completions_reserve_max_tokens_default_16_times_best_of():
     [
         ({"model": "m"}, "prompt"),
         ({"model": "m", "prompt": 5}, "prompt"),
-        ({"model": "m", "prompt": "x", "n": 3, "best_of": 2}, "best_of"),
         ({"model": "m", "prompt": "x", "best_of": 21}, "best_of"),
-        ({"model": "m", "prompt": "x", "best_of": 2, "stream": True}, "best_of"),
         ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs"),
         ({"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
         ({"model": "m", "prompt": "x", "echo": "yes"}, "echo"),

@@ -1,4 +1,5 @@
-"""Every change to a key or a team bumps KeyGeneration in the same transaction, whatever made it (service, admin, shell)."""
+"""Every change to a key or a team bumps KeyGeneration in the same transaction, whatever made it (service, admin,
+shell)."""
 
 import time
 

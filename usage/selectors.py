@@ -74,12 +74,14 @@ def usage_records(
 def usage_totals_by_key_model(
     *,
     key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
     endpoint: str | None = None,
     by_endpoint: bool = False,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[dict]:
-    """One row per (key, model): `key_name, key_prefix, model, requests, prompt_tokens, cached_tokens,
+    """One row per (key, model) of one key, of `key_prefixes` (e.g. `team_key_prefixes(team)`) or of all:
+    `key_name, key_prefix, model, requests, prompt_tokens, cached_tokens,
     completion_tokens, total_tokens, cost_usd`, ordered by key name, prefix and model. `endpoint` keeps that
     endpoint's records only; `by_endpoint` makes it one row per (key, model, endpoint), with an `endpoint` key,
     ordered by endpoint last.
@@ -89,7 +91,7 @@ def usage_totals_by_key_model(
     """
     group = ("key_prefix", "model", "endpoint") if by_endpoint else ("key_prefix", "model")
     rows = (
-        usage_records(key_prefix=key_prefix, endpoint=endpoint, since=since, until=until)
+        usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, endpoint=endpoint, since=since, until=until)
         .order_by()
         .values(*group)
         .annotate(
@@ -105,6 +107,11 @@ def usage_totals_by_key_model(
     out = [_clean(dict(row)) for row in rows]
     out.sort(key=lambda row: (row["key_name"].lower(), row["key_prefix"], row["model"], row.get("endpoint", "")))
     return out
+
+
+def team_key_prefixes(team) -> QuerySet:
+    """The prefixes of the keys now in `team` (a subquery for `key_prefixes=`)."""
+    return APIKey.objects.filter(team=team).values("prefix")
 
 
 def usage_endpoint_known(endpoint: str) -> bool:

@@ -320,3 +320,39 @@ def day_bounds(first: date | None, last: date | None) -> tuple[datetime | None, 
     since = datetime(first.year, first.month, first.day, tzinfo=UTC) if first else None
     until = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1) if last else None
     return since, until
+
+
+REPORT_COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
+REPORT_COLUMNS_BY_ENDPOINT = ("key_name", "key_prefix", "model", "endpoint", *REPORT_COLUMNS[3:])
+COST_QUANTUM = Decimal("0.00000001")
+
+
+def format_cost(value) -> str:
+    """A cost as reports write it: a string with exactly 8 decimals (the stored precision)."""
+    return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
+
+
+def usage_report_rows(
+    *,
+    key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
+    endpoint: str | None = None,
+    by_endpoint: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict]:
+    """The rows of `usage_report` (and of the management API's usage): exactly REPORT_COLUMNS (or
+    REPORT_COLUMNS_BY_ENDPOINT), `cost_usd` formatted by `format_cost`."""
+    columns = REPORT_COLUMNS_BY_ENDPOINT if by_endpoint else REPORT_COLUMNS
+    totals = usage_totals_by_key_model(
+        key_prefix=key_prefix,
+        key_prefixes=key_prefixes,
+        endpoint=endpoint,
+        by_endpoint=by_endpoint,
+        since=since,
+        until=until,
+    )
+    rows = [{name: row[name] for name in columns} for row in totals]
+    for row in rows:
+        row["cost_usd"] = format_cost(row["cost_usd"])
+    return rows

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "metering",
     "usage",
     "completions",
+    "manageapi",
 ]
 
 # MIDDLEWARE

@@ -34,17 +34,19 @@ from apikeys.services import KeyLookupError, TeamLookupError, api_key_find, team
 from core.commands import StrictCommand
 from usage.endpoint_names import KNOWN_ENDPOINTS
 from usage.selectors import (
+    REPORT_COLUMNS,
+    REPORT_COLUMNS_BY_ENDPOINT,
     day_bounds,
+    format_cost,
     team_key_prefixes,
     usage_endpoint_known,
     usage_key_prefix_known,
-    usage_totals_by_key_model,
+    usage_report_rows,
 )
 
-COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
-COLUMNS_BY_ENDPOINT = ("key_name", "key_prefix", "model", "endpoint", *COLUMNS[3:])
+COLUMNS = REPORT_COLUMNS
+COLUMNS_BY_ENDPOINT = REPORT_COLUMNS_BY_ENDPOINT
 NUMERIC = frozenset({"requests", "prompt_tokens", "completion_tokens", "cost_usd"})
-COST_QUANTUM = Decimal("0.00000001")
 
 
 def utc_day(value: str) -> date:
@@ -54,10 +56,6 @@ def utc_day(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
-
-
-def format_cost(value) -> str:
-    return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
 
 
 class Command(StrictCommand):
@@ -102,7 +100,7 @@ class Command(StrictCommand):
             raise CommandError(str(exc)) from None
         first, last = day_bounds(since, until)
         self.columns = COLUMNS_BY_ENDPOINT if by_endpoint else COLUMNS
-        totals = usage_totals_by_key_model(
+        rows = usage_report_rows(
             key_prefix=key_prefix,
             key_prefixes=key_prefixes,
             endpoint=endpoint,
@@ -110,9 +108,6 @@ class Command(StrictCommand):
             since=first,
             until=last,
         )
-        rows = [{name: row[name] for name in self.columns} for row in totals]
-        for row in rows:
-            row["cost_usd"] = format_cost(row["cost_usd"])
         getattr(self, f"write_{output_format}")(rows)
 
     def key_prefix(self, value: str) -> str:

@@ -219,7 +219,7 @@ def usage_hourly_series(*, key_prefix: str | None = None, hours: int = 24, now: 
 def usage_totals(
     *,
     key_prefix: str | None = None,
-    key_prefixes: Iterable[str] | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> dict:
@@ -291,6 +291,20 @@ def usage_budget_status(*, api_key: APIKey, now: datetime | None = None) -> dict
         "remaining_usd": remaining,
         "used_fraction": fraction,
         "lineage_keys": len(prefixes),
+    }
+
+
+def usage_team_budget_status(*, team, now: datetime | None = None) -> dict:
+    """Spend of the keys now in `team` in the team's current budget period: `budget_usd`, `period`,
+    `period_start`, `renews_at`, `spent_usd` (as enforcement counts it: metering.base.budget_spent_in_database)."""
+    window = BudgetWindow.at(team.budget_period, now or timezone.now())
+    spent = usage_totals(key_prefixes=team_key_prefixes(team), since=window.start, until=window.renews_at)["cost_usd"]
+    return {
+        "budget_usd": team.budget_usd,
+        "period": team.budget_period,
+        "period_start": window.start,
+        "renews_at": window.renews_at,
+        "spent_usd": spent,
     }
 
 

@@ -210,3 +210,12 @@ def team_row(team: Team) -> TeamRow:
         notes=team.notes,
         created=_iso(team.created_at),
     )
+
+
+def teams_administered(user) -> QuerySet | None:
+    """The teams `user` manages in the admin, or None when the user is not limited to teams: a superuser, or a staff
+    user who administers no team (Django's model permissions apply to them, as before teams existed)."""
+    if user.is_superuser:
+        return None
+    teams = Team.objects.filter(admins=user)
+    return teams if teams.exists() else None

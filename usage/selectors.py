@@ -128,6 +128,7 @@ def endpoint_order(names: Iterable[str]) -> list[str]:
 def usage_totals_by_endpoint(
     *,
     key_prefix: str | None = None,
+    key_prefixes=None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[dict]:
@@ -135,7 +136,7 @@ def usage_totals_by_endpoint(
     total_tokens, cost_usd, errors, throttled, error_rate`, in `endpoint_order`."""
     rows = {
         row["endpoint"]: _clean(dict(row))
-        for row in usage_records(key_prefix=key_prefix, since=since, until=until)
+        for row in usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
         .order_by()
         .values("endpoint")
         .annotate(**_aggregates())
@@ -179,12 +180,12 @@ def _fill(found: dict[datetime, dict], *, start: datetime, step: timedelta, coun
 
 
 def usage_daily_series_by_endpoint(
-    *, key_prefix: str | None = None, days: int = 30, now: datetime | None = None
+    *, key_prefix: str | None = None, key_prefixes=None, days: int = 30, now: datetime | None = None
 ) -> dict[str, list[dict]]:
     """Like `usage_daily_series`, one series per endpoint that has records in the span (in `endpoint_order`;
     `{}` when there are none). Each day's row is that endpoint's alone."""
     start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
-    records = usage_records(key_prefix=key_prefix, since=start)
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     found: dict[str, dict[datetime, dict]] = {}
     for row in (
         records.order_by()
@@ -199,20 +200,24 @@ def usage_daily_series_by_endpoint(
     return out
 
 
-def usage_daily_series(*, key_prefix: str | None = None, days: int = 30, now: datetime | None = None) -> list[dict]:
+def usage_daily_series(
+    *, key_prefix: str | None = None, key_prefixes=None, days: int = 30, now: datetime | None = None
+) -> list[dict]:
     """The last `days` UTC days up to today, oldest first, zeros included: per day `bucket` (midnight UTC),
     `requests, prompt_tokens, completion_tokens, total_tokens, cost_usd, errors, throttled, error_rate,
     throttle_rate` (rates are shares of the day's requests: status >= 400, status 429)."""
     start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
-    records = usage_records(key_prefix=key_prefix, since=start)
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     return _series(records, trunc=TruncDay, start=start, step=timedelta(days=1), count=days)
 
 
-def usage_hourly_series(*, key_prefix: str | None = None, hours: int = 24, now: datetime | None = None) -> list[dict]:
+def usage_hourly_series(
+    *, key_prefix: str | None = None, key_prefixes=None, hours: int = 24, now: datetime | None = None
+) -> list[dict]:
     """Like `usage_daily_series`, per UTC hour over the last `hours` hours (the current hour included)."""
     current = (now or timezone.now()).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current - timedelta(hours=hours - 1)
-    records = usage_records(key_prefix=key_prefix, since=start)
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     return _series(records, trunc=TruncHour, start=start, step=timedelta(hours=1), count=hours)
 
 
@@ -232,11 +237,11 @@ def usage_totals(
     return row
 
 
-def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
+def usage_top_keys(*, since: datetime, limit: int = 10, key_prefixes=None) -> list[dict]:
     """The keys that spent most since `since` (then most requests): `key_prefix, key_name, requests,
     total_tokens, cost_usd, errors, throttled`."""
     rows = (
-        usage_records(since=since)
+        usage_records(since=since, key_prefixes=key_prefixes)
         .order_by()
         .values("key_prefix")
         .annotate(key_name=Max("key_name"), **_aggregates())
@@ -245,11 +250,11 @@ def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
     return [_clean(dict(row)) for row in rows]
 
 
-def usage_top_models(*, since: datetime, limit: int = 10) -> list[dict]:
+def usage_top_models(*, since: datetime, limit: int = 10, key_prefixes=None) -> list[dict]:
     """The models that cost most since `since` (then most requests): `model, requests, total_tokens,
     cost_usd, errors, throttled`."""
     rows = (
-        usage_records(since=since)
+        usage_records(since=since, key_prefixes=key_prefixes)
         .order_by()
         .values("model")
         .annotate(**_aggregates())
@@ -308,24 +313,25 @@ def usage_team_budget_status(*, team, now: datetime | None = None) -> dict:
     }
 
 
-def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10) -> dict:
+def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10, key_prefixes=None) -> dict:
     """Everything the admin dashboard shows: `today` and `period` totals, `daily` (last `days` days) and
     `hourly` (last 24 h) series, `top_keys` and `top_models` over the period, `endpoints` (totals per endpoint
-    over the period, `usage_totals_by_endpoint`) and `daily_by_endpoint` (`usage_daily_series_by_endpoint`)."""
+    over the period, `usage_totals_by_endpoint`) and `daily_by_endpoint` (`usage_daily_series_by_endpoint`).
+    `key_prefixes` (a list or a subquery) limits all of it to those keys (a team admin's dashboard)."""
     now = now or timezone.now()
     today = _day_start(now)
     since = today - timedelta(days=days - 1)
     return {
         "now": now,
         "days": days,
-        "today": usage_totals(since=today),
-        "period": usage_totals(since=since),
-        "daily": usage_daily_series(days=days, now=now),
-        "hourly": usage_hourly_series(hours=24, now=now),
-        "top_keys": usage_top_keys(since=since, limit=top),
-        "top_models": usage_top_models(since=since, limit=top),
-        "endpoints": usage_totals_by_endpoint(since=since),
-        "daily_by_endpoint": usage_daily_series_by_endpoint(days=days, now=now),
+        "today": usage_totals(since=today, key_prefixes=key_prefixes),
+        "period": usage_totals(since=since, key_prefixes=key_prefixes),
+        "daily": usage_daily_series(days=days, now=now, key_prefixes=key_prefixes),
+        "hourly": usage_hourly_series(hours=24, now=now, key_prefixes=key_prefixes),
+        "top_keys": usage_top_keys(since=since, limit=top, key_prefixes=key_prefixes),
+        "top_models": usage_top_models(since=since, limit=top, key_prefixes=key_prefixes),
+        "endpoints": usage_totals_by_endpoint(since=since, key_prefixes=key_prefixes),
+        "daily_by_endpoint": usage_daily_series_by_endpoint(days=days, now=now, key_prefixes=key_prefixes),
     }
 
 

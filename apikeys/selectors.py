@@ -213,9 +213,10 @@ def team_row(team: Team) -> TeamRow:
 
 
 def teams_administered(user) -> QuerySet | None:
-    """The teams `user` manages in the admin, or None when the user is not limited to teams: a superuser, or a staff
-    user who administers no team (Django's model permissions apply to them, as before teams existed)."""
-    if user.is_superuser:
+    """The teams `user` manages in the admin, or None when the user is not limited to teams: anonymous (the login
+    page), a superuser, or a staff user who administers no team (Django's model permissions apply, as before teams
+    existed)."""
+    if not user.is_authenticated or not user.is_active or not user.is_staff or user.is_superuser:
         return None
     teams = Team.objects.filter(admins=user)
     return teams if teams.exists() else None

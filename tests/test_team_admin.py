@@ -144,3 +144,8 @@ def test_staff_without_a_team_cannot_reach_keys_without_permissions(world):
     client.force_login(staff)
     assert client.get(CHANGELIST).status_code == 403
     assert client.get(DASHBOARD).status_code == 403
+
+
+def test_the_login_page_still_renders_for_anonymous_visitors(world):
+    page = Client().get(reverse("admin:login"))
+    assert page.status_code == 200 and b"csrfmiddlewaretoken" in page.content

@@ -43,7 +43,7 @@ def budget_payload(
     period_start: datetime | None,
 ) -> dict:
     """The JSON body of a `budget.threshold` alert. `prefix` only for keys."""
-    payload = {"event": BUDGET_EVENT, "scope": scope, "name": name}
+    payload: dict[str, object] = {"event": BUDGET_EVENT, "scope": scope, "name": name}
     if scope == "key":
         payload["prefix"] = prefix
     payload.update(

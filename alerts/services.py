@@ -37,6 +37,7 @@ def alert_scan(*, now=None) -> list[AlertClaim]:
     made = []
     heads = APIKey.objects.filter(api_key_status_q("usable", now=now), successor__isnull=True)
     for key in heads.filter(budget_usd__isnull=False).select_related("team"):
+        assert key.budget_usd is not None  # filtered
         status = usage_budget_status(api_key=key, now=now)
         for threshold in rules.thresholds_crossed(
             spent=status["spent_usd"], budget=key.budget_usd, thresholds=key.alert_thresholds or []
@@ -53,6 +54,7 @@ def alert_scan(*, now=None) -> list[AlertClaim]:
             )
             made += _claim(payload, subject=key.lineage or key.prefix, period=_label(status), recipients=_owner(key))
     for team in Team.objects.filter(budget_usd__isnull=False).prefetch_related("admins"):
+        assert team.budget_usd is not None  # filtered
         status = usage_team_budget_status(team=team, now=now)
         for threshold in rules.thresholds_crossed(
             spent=status["spent_usd"], budget=team.budget_usd, thresholds=team.alert_thresholds or []
@@ -71,6 +73,7 @@ def alert_scan(*, now=None) -> list[AlertClaim]:
             made += _claim(payload, subject=str(team.pk), period=_label(status), recipients=admins)
     soon = heads.filter(expiry_date__isnull=False, expiry_date__lte=now + expiring_soon_window(), grace_until=None)
     for key in soon:
+        assert key.expiry_date is not None  # filtered
         payload = rules.expiry_payload(name=key.name, prefix=key.prefix, expires=key.expiry_date)
         made += _claim(payload, subject=key.prefix, period=payload["expires"], recipients=_owner(key))
     return made

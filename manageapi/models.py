@@ -22,7 +22,7 @@ class ManagementToken(AbstractAPIKey):
     stay (the audit trail names them as `token:<name>`).
     """
 
-    objects = ManagementTokenManager()
+    objects = ManagementTokenManager()  # type: ignore[misc]  # the package declares it as a class variable
 
     team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT, related_name="management_tokens")
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)

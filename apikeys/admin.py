@@ -19,11 +19,12 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.cache import never_cache
 from rest_framework_api_key.models import APIKey as PackageAPIKey
 
-from .models import APIKey, AuditLogEntry
+from .models import APIKey, AuditLogEntry, Team
 from .reveal import reveal_stash, reveal_take
-from .selectors import KeyStatus, api_key_status, api_key_status_q
+from .selectors import KeyStatus, api_key_status, api_key_status_q, teams_administered
 from .services import (
     DEFAULT_ROTATION_GRACE,
+    TEAM_FIELDS,
     KeyInputError,
     KeyStateError,
     api_key_clean_fields,
@@ -50,6 +51,8 @@ FORM_TO_SERVICE = {
     "expiry_date": "expires",
     "budget_usd": "budget_usd",
     "budget_period": "budget_period",
+    "team": "team",
+    "alert_thresholds": "alert_thresholds",
 }
 SERVICE_TO_FORM = {v: k for k, v in FORM_TO_SERVICE.items()}
 
@@ -65,6 +68,22 @@ MAX_GRACE_SECONDS = 366 * 86400
 
 def _actor(request) -> str:
     return request.user.get_username()
+
+
+def admin_teams(request):
+    """The teams the request's user administers (None: not limited to teams), once per request."""
+    if not hasattr(request, "_tollgate_teams"):
+        request._tollgate_teams = teams_administered(request.user)
+    return request._tollgate_teams
+
+
+def team_admin_allows(request, team_id) -> bool | None:
+    """For a team admin: whether an object of team `team_id` is theirs (None: the user is not a team admin, Django's
+    model permissions decide)."""
+    teams = admin_teams(request)
+    if teams is None:
+        return None
+    return team_id is not None and teams.filter(pk=team_id).exists()
 
 
 def _models_text(models) -> str:
@@ -144,6 +163,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "prefix",
+        "team",
         "owner_notes",
         "status_badge",
         "rpm_column",
@@ -157,19 +177,19 @@ class APIKeyAdmin(admin.ModelAdmin):
     )
     list_display_links = ("name", "prefix")
     search_fields = ("name", "prefix", "owner")
-    list_filter = (StatusListFilter,)
+    list_filter = (StatusListFilter, "team")
     actions = ("rotate_keys", "revoke_keys")
     ordering = ("-created",)
     add_fieldsets = (
-        (None, {"fields": ("name", "owner", "notes")}),
+        (None, {"fields": ("name", "team", "owner", "notes")}),
         ("Limits", {"fields": ("rpm", "tpm", "max_concurrent", "allowed_models")}),
-        ("Budget", {"fields": ("budget_usd", "budget_period")}),
+        ("Budget", {"fields": ("budget_usd", "budget_period", "alert_thresholds")}),
         ("Expiry", {"fields": ("expiry_date",)}),
     )
     change_fieldsets = (
-        (None, {"fields": ("name", "prefix", "status_badge", "owner", "notes")}),
+        (None, {"fields": ("name", "prefix", "team", "status_badge", "owner", "notes")}),
         ("Limits", {"fields": ("rpm", "tpm", "max_concurrent", "allowed_models")}),
-        ("Budget", {"fields": ("budget_usd", "budget_period")}),
+        ("Budget", {"fields": ("budget_usd", "budget_period", "alert_thresholds")}),
         (
             "Lifecycle",
             {
@@ -299,6 +319,37 @@ class APIKeyAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{} ({})</a>', url, key.prefix, key.name)
 
     # FORM LAYOUT AND PERMISSIONS
+    # A team admin (a staff user in some team's `admins`) sees, creates, edits, rotates and revokes only their
+    # teams' keys, whatever their model permissions; superusers see everything; other staff keep Django's model
+    # permissions over every key.
+
+    def get_queryset(self, request):
+        keys = super().get_queryset(request).select_related("team")
+        teams = admin_teams(request)
+        return keys if teams is None else keys.filter(team__in=teams)
+
+    def has_module_permission(self, request):
+        return admin_teams(request) is not None or super().has_module_permission(request)
+
+    def has_view_permission(self, request, obj=None):
+        if admin_teams(request) is None:
+            return super().has_view_permission(request, obj)
+        return obj is None or bool(team_admin_allows(request, obj.team_id))
+
+    def has_change_permission(self, request, obj=None):
+        if admin_teams(request) is None:
+            return super().has_change_permission(request, obj)
+        return obj is None or bool(team_admin_allows(request, obj.team_id))
+
+    def has_add_permission(self, request):
+        return admin_teams(request) is not None or super().has_add_permission(request)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        teams = admin_teams(request)
+        if db_field.name == "team" and teams is not None:
+            kwargs["queryset"] = teams
+            kwargs["required"] = True
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
         return self.change_fieldsets if obj is not None else self.add_fieldsets
@@ -386,7 +437,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     def _selected_keys(self, request):
         source = request.POST if request.method == "POST" else request.GET
         prefixes = [p for p in source.get("keys", "").split(",") if p]
-        keys = list(APIKey.objects.filter(prefix__in=prefixes).order_by("created"))
+        keys = list(self.get_queryset(request).filter(prefix__in=prefixes).order_by("created"))
         for key in keys:
             key.status_label = KeyStatus.LABELS[api_key_status(key)]
         return keys
@@ -548,3 +599,40 @@ class AuditLogEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """Teams: superusers (and staff with the team permissions) create and edit them, through the services; their
+    admins are chosen here."""
+
+    list_display = ("name", "rpm", "tpm", "max_concurrent", "budget", "key_count")
+    search_fields = ("name",)
+    filter_horizontal = ("admins",)
+    fields = (*TEAM_FIELDS, "admins")
+
+    @admin.display(description="budget")
+    def budget(self, obj):
+        return f"${obj.budget_usd.normalize():f} / {obj.budget_period}" if obj.budget_usd is not None else "-"
+
+    @admin.display(description="keys")
+    def key_count(self, obj):
+        return obj.keys.count()
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # keys point at it; empty its key list instead
+
+    def save_model(self, request, obj, form, change):
+        from .services import team_create, team_update
+
+        values = {f: form.cleaned_data[f] for f in TEAM_FIELDS if f in form.cleaned_data}
+        try:
+            if change:
+                changed = {f: v for f, v in values.items() if f in form.changed_data}
+                saved = team_update(team=Team.objects.get(pk=obj.pk), actor=_actor(request), **changed)
+            else:
+                saved = team_create(actor=_actor(request), **values)
+        except KeyInputError as exc:
+            raise PermissionDenied(str(exc)) from None
+        obj.pk = saved.pk
+        obj.refresh_from_db()

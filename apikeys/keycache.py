@@ -23,6 +23,33 @@ logger = logging.getLogger("tollgate.keys")
 
 
 @dataclass(frozen=True, slots=True)
+class TeamSnapshot:
+    """What a request needs to know about its key's team: its shared limits, budget and allowlist."""
+
+    id: int
+    name: str
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    allowed_models: frozenset = frozenset()
+    budget_usd: Decimal | None = None
+    budget_period: str = "month"
+
+    @classmethod
+    def from_model(cls, team) -> "TeamSnapshot":
+        return cls(
+            id=team.pk,
+            name=team.name,
+            rpm=team.rpm,
+            tpm=team.tpm,
+            max_concurrent=team.max_concurrent,
+            allowed_models=frozenset(team.allowed_models or ()),
+            budget_usd=team.budget_usd,
+            budget_period=team.budget_period,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class KeySnapshot:
     """What a request needs to know about its key, frozen at load time."""
 
@@ -39,6 +66,7 @@ class KeySnapshot:
     budget_usd: Decimal | None
     budget_period: str
     lineage: str = ""  # whose rate-limit and budget counters (see APIKey.lineage)
+    team: TeamSnapshot | None = None
 
     # DRF's IsAuthenticated and request.user checks look for this.
     is_authenticated = True
@@ -48,8 +76,20 @@ class KeySnapshot:
         ends = [t for t in (self.expiry, self.grace_until) if t is not None]
         return min(ends) if ends else None
 
+    @property
+    def model_allowlist(self) -> frozenset | None:
+        """The models this key may use: its allowlist intersected with its team's; None = every model."""
+        lists = [m for m in (self.allowed_models, self.team.allowed_models if self.team else None) if m]
+        if not lists:
+            return None
+        return lists[0] & lists[1] if len(lists) == 2 else lists[0]
+
     def allows_model(self, model: str) -> bool:
-        return not self.allowed_models or model in self.allowed_models
+        """The key's allowlist intersected with its team's (an empty list allows every model)."""
+        if self.allowed_models and model not in self.allowed_models:
+            return False
+        team = self.team
+        return team is None or not team.allowed_models or model in team.allowed_models
 
     @classmethod
     def from_model(cls, key: APIKey) -> "KeySnapshot":
@@ -67,6 +107,7 @@ class KeySnapshot:
             budget_usd=key.budget_usd,
             budget_period=key.budget_period,
             lineage=key.lineage or key.prefix,
+            team=TeamSnapshot.from_model(key.team) if key.team_id else None,
         )
 
 
@@ -124,7 +165,7 @@ class KeyCache:
         """Look a raw key up in the database and cache the answer (None for no such key)."""
         prefix, _, _ = raw_key.partition(".")
         generator = APIKey.objects.key_generator
-        found = _db_call(lambda: APIKey.objects.filter(prefix=prefix).first())
+        found = _db_call(lambda: APIKey.objects.select_related("team").filter(prefix=prefix).first())
         valid = generator.verify(raw_key, found.hashed_key if found else _DUMMY_HASH)
         snapshot = KeySnapshot.from_model(found) if (found is not None and valid) else None
         if len(self._entries) >= self.max_entries:

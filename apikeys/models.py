@@ -1,5 +1,7 @@
-"""Tollgate's API keys: hashed (djangorestframework-api-key), with limits, an allowlist, expiry and rotation."""
+"""Tollgate's API keys: hashed (djangorestframework-api-key), with limits, an allowlist, expiry and rotation; and
+the teams that own keys and share limits and a budget."""
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
@@ -9,6 +11,46 @@ class BudgetPeriod(models.TextChoices):
     DAY = "day", "per day (UTC)"
     MONTH = "month", "per calendar month (UTC)"
     TOTAL = "total", "in total"
+
+
+def default_alert_thresholds() -> list[int]:
+    """Percentages of a budget whose crossing by settled spend sends an alert (alerts/)."""
+    return [50, 80, 100]
+
+
+class Team(models.Model):
+    """A group of keys with shared limits, one budget and an allowlist that narrows each key's own.
+
+    A request of a key in a team counts against the key's limits and the team's in one atomic store call
+    (metering). Users in `admins` manage the team's keys (and only those) in the admin.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    notes = models.TextField(blank=True)
+    rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests / minute")
+    tpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="tokens / minute")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, verbose_name="max concurrent requests")
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model ids the team's keys may use; empty = all (each key may narrow it)."
+    )
+    budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="budget (USD)"
+    )
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+    alert_thresholds = models.JSONField(
+        default=default_alert_thresholds, blank=True, help_text="Percentages of the budget that send an alert."
+    )
+    admins = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="admin_of_teams", help_text="Users who manage its keys."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class TollgateAPIKeyManager(APIKeyManager):
@@ -51,6 +93,12 @@ class APIKey(AbstractAPIKey):
         max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="budget (USD)"
     )
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+
+    # TEAM (its limits and budget apply too; rotation keeps it)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT, related_name="keys")
+    alert_thresholds = models.JSONField(
+        default=default_alert_thresholds, blank=True, help_text="Percentages of the budget that send an alert."
+    )
 
     # LIFECYCLE
     predecessor = models.OneToOneField(
@@ -96,13 +144,14 @@ class AuditAction(models.TextChoices):
 
 
 class AuditLogEntry(models.Model):
-    """Append-only record of a key lifecycle step. Never updated or deleted."""
+    """Append-only record of a key lifecycle step, or of a team's (`key_prefix` empty). Never updated or deleted."""
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    actor = models.CharField(max_length=200, help_text="Admin username, or 'command:<name>'.")
+    actor = models.CharField(max_length=200, help_text="Admin username, 'command:<name>' or 'token:<name>'.")
     action = models.CharField(max_length=16, choices=AuditAction.choices)
     key_prefix = models.CharField(max_length=8, db_index=True)
     key_name = models.CharField(max_length=50, blank=True)
+    team_name = models.CharField(max_length=100, blank=True, db_index=True, help_text="The team changed, if any.")
     changes = models.JSONField(default=dict, blank=True)
 
     class Meta:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from .models import APIKey
+from .models import APIKey, Team
 
 
 class KeyStatus:
@@ -125,6 +125,8 @@ class KeyRow:
     predecessor: str | None
     successor: str | None
     notes: str
+    team: str | None = None
+    alert_thresholds: list | None = None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -153,6 +155,8 @@ def api_key_row(api_key: APIKey, *, now: datetime | None = None) -> KeyRow:
         predecessor=api_key.predecessor.prefix if api_key.predecessor_id else None,
         successor=successor.prefix if successor else None,
         notes=api_key.notes,
+        team=api_key.team.name if api_key.team_id else None,
+        alert_thresholds=list(api_key.alert_thresholds or []),
     )
 
 
@@ -162,3 +166,57 @@ def _has_successor(api_key: APIKey) -> bool:
     except APIKey.DoesNotExist:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class TeamRow:
+    """What `list_teams`, the management API and the admin show about a team."""
+
+    name: str
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+    models: list
+    budget_usd: str | None
+    budget_period: str
+    alert_thresholds: list
+    keys: int
+    admins: list
+    notes: str
+    created: str | None
+
+
+def team_list(*, teams: QuerySet | None = None) -> QuerySet:
+    """Teams by name, with their key counts (`key_count`) and admins loaded."""
+    from django.db.models import Count
+
+    base = Team.objects.all() if teams is None else teams
+    return base.annotate(key_count=Count("keys")).prefetch_related("admins").order_by("name")
+
+
+def team_row(team: Team) -> TeamRow:
+    key_count = getattr(team, "key_count", None)
+    return TeamRow(
+        name=team.name,
+        rpm=team.rpm,
+        tpm=team.tpm,
+        max_concurrent=team.max_concurrent,
+        models=list(team.allowed_models or []),
+        budget_usd=str(team.budget_usd) if team.budget_usd is not None else None,
+        budget_period=team.budget_period,
+        alert_thresholds=list(team.alert_thresholds or []),
+        keys=key_count if key_count is not None else team.keys.count(),
+        admins=sorted(user.get_username() for user in team.admins.all()),
+        notes=team.notes,
+        created=_iso(team.created_at),
+    )
+
+
+def teams_administered(user) -> QuerySet | None:
+    """The teams `user` manages in the admin, or None when the user is not limited to teams: anonymous (the login
+    page), a superuser, or a staff user who administers no team (Django's model permissions apply, as before teams
+    existed)."""
+    if not user.is_authenticated or not user.is_active or not user.is_staff or user.is_superuser:
+        return None
+    teams = Team.objects.filter(admins=user)
+    return teams if teams.exists() else None

@@ -19,7 +19,7 @@ from typing import cast
 from django.db import DEFAULT_DB_ALIAS, models, transaction
 from django.utils import timezone
 
-from .models import APIKey, AuditAction, AuditLogEntry, BudgetPeriod
+from .models import APIKey, AuditAction, AuditLogEntry, BudgetPeriod, Team, default_alert_thresholds
 
 # What the admin's rotate form and `rotate_api_key` offer when no grace is given.
 DEFAULT_ROTATION_GRACE = timedelta(hours=1)
@@ -36,6 +36,8 @@ EDITABLE_FIELDS = {
     "expires": "expiry_date",
     "budget_usd": "budget_usd",
     "budget_period": "budget_period",
+    "team": "team",
+    "alert_thresholds": "alert_thresholds",
 }
 # A revoked key is final: only what describes it can still change.
 EDITABLE_WHEN_REVOKED = frozenset({"owner", "notes"})
@@ -64,7 +66,12 @@ class KeyInputError(ValueError):
 
 def _audit(*, actor: str, action: str, api_key: APIKey, changes: dict) -> None:
     AuditLogEntry.objects.create(
-        actor=actor, action=action, key_prefix=api_key.prefix, key_name=api_key.name, changes=changes
+        actor=actor,
+        action=action,
+        key_prefix=api_key.prefix,
+        key_name=api_key.name,
+        team_name=api_key.team.name if api_key.team_id else "",
+        changes=changes,
     )
 
 
@@ -74,7 +81,57 @@ def _jsonable(value):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, Team):
+        return value.name
     return value
+
+
+def _clean_limit(field: str, value):
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise KeyInputError(field, f"{field} must be a whole number or empty (got {value!r}).")
+        if value < 0:
+            raise KeyInputError(field, f"{field} must not be negative (got {value}).")
+        if value > MAX_LIMIT:
+            raise KeyInputError(field, f"{field} must be at most {MAX_LIMIT} (got {value}).")
+    return value
+
+
+def _clean_models(field: str, value) -> list[str]:
+    if isinstance(value, str) or not all(isinstance(m, str) for m in value or ()):
+        raise KeyInputError(field, "allowed models must be a list of model ids.")
+    return sorted({m.strip() for m in (value or ()) if m.strip()})
+
+
+def _clean_budget(field: str, value):
+    if value is not None:
+        try:
+            value = Decimal(str(value))
+        except InvalidOperation:
+            raise KeyInputError(field, f"budget must be an amount in USD (got {value!r}).") from None
+        if not value.is_finite() or value < 0:
+            raise KeyInputError(field, f"budget must not be negative (got {value}).")
+        if value >= MAX_BUDGET_USD:
+            raise KeyInputError(field, f"budget must be less than {MAX_BUDGET_USD} USD (got {value}).")
+    return value
+
+
+def _clean_period(field: str, value) -> str:
+    if value not in BudgetPeriod.values:
+        raise KeyInputError(field, f"budget period must be one of {', '.join(BudgetPeriod.values)}.")
+    return value
+
+
+def _clean_thresholds(field: str, value) -> list[int]:
+    """Alert thresholds: whole percentages from 1 to 1000, de-duplicated and sorted; None = the defaults."""
+    if value is None:
+        return default_alert_thresholds()
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise KeyInputError(field, "alert thresholds must be a list of whole percentages.")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 1000:
+            raise KeyInputError(field, f"alert thresholds must be whole percentages from 1 to 1000 (got {item!r}).")
+    return sorted(set(value))
 
 
 def api_key_clean_fields(**fields) -> dict:
@@ -103,17 +160,9 @@ def api_key_clean_fields(**fields) -> dict:
         elif field == "notes":
             value = value or ""
         elif field in ("rpm", "tpm", "max_concurrent"):
-            if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise KeyInputError(field, f"{field} must be a whole number or empty (got {value!r}).")
-                if value < 0:
-                    raise KeyInputError(field, f"{field} must not be negative (got {value}).")
-                if value > MAX_LIMIT:
-                    raise KeyInputError(field, f"{field} must be at most {MAX_LIMIT} (got {value}).")
+            value = _clean_limit(field, value)
         elif field == "allowed_models":
-            if isinstance(value, str) or not all(isinstance(m, str) for m in value or ()):
-                raise KeyInputError(field, "allowed models must be a list of model ids.")
-            value = sorted({m.strip() for m in (value or ()) if m.strip()})
+            value = _clean_models(field, value)
         elif field == "expires":
             if value is not None:
                 if not isinstance(value, datetime):
@@ -121,17 +170,14 @@ def api_key_clean_fields(**fields) -> dict:
                 if timezone.is_naive(value):
                     value = timezone.make_aware(value, UTC)
         elif field == "budget_usd":
-            if value is not None:
-                try:
-                    value = Decimal(str(value))
-                except InvalidOperation:
-                    raise KeyInputError(field, f"budget must be an amount in USD (got {value!r}).") from None
-                if not value.is_finite() or value < 0:
-                    raise KeyInputError(field, f"budget must not be negative (got {value}).")
-                if value >= MAX_BUDGET_USD:
-                    raise KeyInputError(field, f"budget must be less than {MAX_BUDGET_USD} USD (got {value}).")
-        elif field == "budget_period" and value not in BudgetPeriod.values:
-            raise KeyInputError(field, f"budget period must be one of {', '.join(BudgetPeriod.values)}.")
+            value = _clean_budget(field, value)
+        elif field == "budget_period":
+            value = _clean_period(field, value)
+        elif field == "team":
+            if value is not None and not isinstance(value, Team):
+                raise KeyInputError(field, f"team must be a team (got {value!r}).")
+        elif field == "alert_thresholds":
+            value = _clean_thresholds(field, value)
         clean[field] = value
     return clean
 
@@ -150,8 +196,11 @@ def api_key_create(
     expires: datetime | None = None,
     budget_usd: Decimal | None = None,
     budget_period: str = BudgetPeriod.MONTH,
+    team: Team | None = None,
+    alert_thresholds: list[int] | None = None,
 ) -> tuple[APIKey, str]:
-    """Create a key; return it with its raw value (shown once). Raises `KeyInputError` (a ValueError)."""
+    """Create a key, in `team` if given; return it with its raw value (shown once). Raises `KeyInputError` (a
+    ValueError)."""
     fields = api_key_clean_fields(
         name=name,
         owner=owner,
@@ -163,6 +212,8 @@ def api_key_create(
         expires=expires,
         budget_usd=budget_usd,
         budget_period=budget_period,
+        team=team,
+        alert_thresholds=alert_thresholds,
     )
     created, raw = APIKey.objects.create_key(**{EDITABLE_FIELDS[f]: v for f, v in fields.items()})
     api_key = cast(APIKey, created)
@@ -250,7 +301,8 @@ def api_key_rotation_check(*, api_key: APIKey, grace: timedelta | float | int, n
 def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: str) -> tuple[APIKey, str]:
     """Replace a key with a successor; return the successor and its raw value (shown once).
 
-    The successor copies the name, owner, notes, limits, allowed models, budget and expiry, and records its
+    The successor copies the name, owner, notes, limits, allowed models, budget, expiry, team and alert
+    thresholds, and records its
     predecessor. The old key keeps working until now + `grace` (a timedelta or seconds; 0 stops it at once),
     or its own expiry if that comes first. Raises what `api_key_rotation_check` raises; nothing changes then.
     """
@@ -271,6 +323,8 @@ def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: st
         expiry_date=api_key.expiry_date,
         budget_usd=api_key.budget_usd,
         budget_period=api_key.budget_period,
+        team=api_key.team,
+        alert_thresholds=list(api_key.alert_thresholds or []),
         predecessor=api_key,
     )
     successor = cast(APIKey, created)
@@ -327,3 +381,126 @@ def api_key_touch_last_used(*, last_used: Mapping[str, datetime], using: str = D
         .filter(needs_update)
         .update(last_used_at=models.Case(*newer, output_field=models.DateTimeField()))
     )
+
+
+# TEAMS
+
+# The fields `team_update` may change (the model's own names).
+TEAM_FIELDS = (
+    "name",
+    "notes",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "allowed_models",
+    "budget_usd",
+    "budget_period",
+    "alert_thresholds",
+)
+
+
+class TeamLookupError(ValueError):
+    """No team has that name."""
+
+
+def team_clean_fields(**fields) -> dict:
+    """Validate and normalise team fields (any subset of TEAM_FIELDS); pure. Raises `KeyInputError` naming the
+    first bad field, `TypeError` for a field that does not exist."""
+    unknown = set(fields) - set(TEAM_FIELDS)
+    if unknown:
+        raise TypeError(f"Unknown team field(s): {', '.join(sorted(unknown))}.")
+    clean = {}
+    for field, value in fields.items():
+        if field == "name":
+            value = (value or "").strip()
+            if not value:
+                raise KeyInputError(field, "name must not be empty.")
+            if len(value) > 100:
+                raise KeyInputError(field, "name must be at most 100 characters.")
+        elif field == "notes":
+            value = value or ""
+        elif field in ("rpm", "tpm", "max_concurrent"):
+            value = _clean_limit(field, value)
+        elif field == "allowed_models":
+            value = _clean_models(field, value)
+        elif field == "budget_usd":
+            value = _clean_budget(field, value)
+        elif field == "budget_period":
+            value = _clean_period(field, value)
+        elif field == "alert_thresholds":
+            value = _clean_thresholds(field, value)
+        clean[field] = value
+    return clean
+
+
+def _team_audit(*, actor: str, action: str, team: Team, changes: dict) -> None:
+    AuditLogEntry.objects.create(actor=actor, action=action, key_prefix="", team_name=team.name, changes=changes)
+
+
+@transaction.atomic
+def team_create(
+    *,
+    name: str,
+    actor: str,
+    notes: str = "",
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrent: int | None = None,
+    allowed_models: list[str] | None = None,
+    budget_usd: Decimal | None = None,
+    budget_period: str = BudgetPeriod.MONTH,
+    alert_thresholds: list[int] | None = None,
+) -> Team:
+    """Create a team (audited). Raises `KeyInputError` for a bad value or a name already taken."""
+    fields = team_clean_fields(
+        name=name,
+        notes=notes,
+        rpm=rpm,
+        tpm=tpm,
+        max_concurrent=max_concurrent,
+        allowed_models=allowed_models,
+        budget_usd=budget_usd,
+        budget_period=budget_period,
+        alert_thresholds=alert_thresholds,
+    )
+    if Team.objects.filter(name=fields["name"]).exists():
+        raise KeyInputError("name", f"A team named {fields['name']!r} exists already.")
+    team = Team.objects.create(**fields)
+    _team_audit(
+        actor=actor,
+        action=AuditAction.CREATE,
+        team=team,
+        changes={f: [None, _jsonable(v)] for f, v in fields.items() if v not in (None, "", [])},
+    )
+    return team
+
+
+@transaction.atomic
+def team_update(*, team: Team, actor: str, **changes) -> Team:
+    """Change some of a team's TEAM_FIELDS; return it as saved. Records `{field: [old, new]}`; a call that changes
+    nothing writes nothing. Every key of the team sees the change within `KEY_CACHE_CHECK_SECONDS`."""
+    clean = team_clean_fields(**changes)
+    team = Team.objects.select_for_update().get(pk=team.pk)
+    if "name" in clean and clean["name"] != team.name and Team.objects.filter(name=clean["name"]).exists():
+        raise KeyInputError("name", f"A team named {clean['name']!r} exists already.")
+    diff = {f: [getattr(team, f), v] for f, v in clean.items() if getattr(team, f) != v}
+    if not diff:
+        return team
+    for field, (_, new) in diff.items():
+        setattr(team, field, new)
+    team.save(update_fields=[*diff, "updated_at"])
+    _team_audit(
+        actor=actor,
+        action=AuditAction.UPDATE,
+        team=team,
+        changes={f: [_jsonable(old), _jsonable(new)] for f, (old, new) in diff.items()},
+    )
+    return team
+
+
+def team_find(name: str) -> Team:
+    """The team named `name` (exactly, after trimming). Raises TeamLookupError."""
+    team = Team.objects.filter(name=(name or "").strip()).first()
+    if team is None:
+        raise TeamLookupError(f"No team is named {name!r}.")
+    return team

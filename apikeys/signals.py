@@ -1,4 +1,5 @@
-"""Every change to a key bumps KeyGeneration in the same transaction, whatever made it (service, admin, shell)."""
+"""Every change to a key or a team bumps KeyGeneration in the same transaction, whatever made it (service, admin,
+shell)."""
 
 import time
 
@@ -6,7 +7,7 @@ from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from .models import APIKey, KeyGeneration
+from .models import APIKey, KeyGeneration, Team
 
 
 def key_generation_bump() -> None:
@@ -18,5 +19,8 @@ def key_generation_bump() -> None:
 
 @receiver(post_save, sender=APIKey, dispatch_uid="apikeys.bump_on_save")
 @receiver(post_delete, sender=APIKey, dispatch_uid="apikeys.bump_on_delete")
+# A key's snapshot carries its team's limits, budget and allowlist: a team change is a change to its keys.
+@receiver(post_save, sender=Team, dispatch_uid="apikeys.bump_on_team_save")
+@receiver(post_delete, sender=Team, dispatch_uid="apikeys.bump_on_team_delete")
 def _bump_on_change(**kwargs) -> None:
     key_generation_bump()

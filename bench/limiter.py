@@ -1,12 +1,15 @@
 """What the per-key limiter adds to a request: `async with throttling.admit(...)` (admit, then settle), in a loop.
 
-    REDIS_URL=redis://127.0.0.1:6379/15 python bench/limiter.py [--requests 2000] [--database]
+    REDIS_URL=redis://127.0.0.1:6379/15 python bench/limiter.py [--requests 2000] [--database] [--team]
 
 Runs in-process against the real store (Redis from REDIS_URL; the database path with --database or without
 REDIS_URL) on a temporary migrated SQLite database (prices, usage records). The key has every limit (requests,
 tokens, concurrency) and a budget, all high enough never to refuse, so each iteration is the full work: ticket,
 worst-case price, one atomic admission, headers, real cost, one settlement. Prints the median, p90 and p99, and
 for comparison a bare Redis PING round trip on the same loop. Touches only keys under a random prefix.
+
+With `--team` the key belongs to a team that has every limit and a budget too: the same single store call then
+admits (and settles) against both, so the difference is what a team costs per request.
 """
 
 import argparse
@@ -28,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--database", action="store_true", help="time the database store even if REDIS_URL is set")
+    parser.add_argument("--team", action="store_true", help="the key is in a team with every limit and a budget")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="tollgate-limiter-bench-")
@@ -45,7 +49,7 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
 
-    from apikeys.keycache import KeySnapshot
+    from apikeys.keycache import KeySnapshot, TeamSnapshot
     from completions.endpoints import CHAT_COMPLETIONS
     from completions.validation import parse_chat_request
     from core.outcome import RequestOutcome
@@ -54,6 +58,17 @@ def main() -> None:
 
     pricing.get_price_book().load()
     store = get_limit_store()
+    team = None
+    if args.team:
+        team = TeamSnapshot(
+            id=uuid.uuid4().int % 10**9,
+            name="bench-team",
+            rpm=10**9,
+            tpm=10**12,
+            max_concurrent=10**6,
+            budget_usd=Decimal(10**6),
+            budget_period="month",
+        )
     key = KeySnapshot(
         id="bench",
         prefix=uuid.uuid4().hex[:8],
@@ -67,6 +82,7 @@ def main() -> None:
         revoked=False,
         budget_usd=Decimal(10**6),
         budget_period="month",
+        team=team,
     )
     chat = parse_chat_request(b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}')
     demand = CHAT_COMPLETIONS.demand(chat, CHAT_COMPLETIONS.estimate_input(chat))
@@ -90,7 +106,8 @@ def main() -> None:
                 await client.ping()
                 pings.append(time.perf_counter() - started)
             # Leave nothing behind (the budget counter would otherwise live until the month is over).
-            pattern = f"{settings.RATE_LIMIT_REDIS_PREFIX}:{{{key.prefix}}}:*"
+            tag = f"team:{team.id}" if team is not None else key.prefix
+            pattern = f"{settings.RATE_LIMIT_REDIS_PREFIX}:{{{tag}}}:*"
             names = [name async for name in client.scan_iter(match=pattern)]
             if names:
                 await client.delete(*names)
@@ -113,7 +130,7 @@ def main() -> None:
         )
 
     print(f"store: {store.__class__.__name__}")
-    line("admit + settle (all limits, budget)", timings)
+    line("admit + settle (all limits, budget" + (", and a team's)" if args.team else ")"), timings)
     if pings:
         line("redis PING round trip", pings)
 

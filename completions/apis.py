@@ -63,19 +63,20 @@ RELAY_APIS = {endpoint.name: relay_api(endpoint) for endpoint in ENDPOINTS}
 class ModelListApi(AsyncAPIView):
     """GET /v1/models: the models this key may use, in OpenAI's list shape.
 
-    A key with an allowlist sees exactly its allowlist; a key without one sees the upstream's own list.
+    A key with an allowlist (its own intersected with its team's) sees exactly that; a key without one sees the
+    upstream's own list.
     """
 
     authentication_classes = [BearerAPIKeyAuthentication]
     permission_classes = []
 
     async def get(self, request, *args, **kwargs):
-        key = request.auth
-        if key.allowed_models:
+        allowlist = request.auth.model_allowlist
+        if allowlist is not None:
             created = int(time.time())
             data = [
                 {"id": model, "object": "model", "created": created, "owned_by": "tollgate"}
-                for model in sorted(key.allowed_models)
+                for model in sorted(allowlist)
             ]
             return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
         return HttpResponse(await list_models(), content_type="application/json")

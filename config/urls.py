@@ -24,6 +24,9 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="schema", content_negotiation_class=DefaultContentNegotiation),
         name="docs",
     ),
+    # Keys, teams and usage for automation, authenticated by management tokens (manageapi/). Served by the web
+    # handler (config/asgi.py): its sync views need Django's per-request database connection handling.
+    path("api/manage/v1/", include("manageapi.urls")),
     path("admin/", admin.site.urls),
 ]
 

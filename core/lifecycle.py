@@ -1,6 +1,7 @@
 """Process start and clean shutdown hooks, run by the ASGI lifespan (config/asgi.py) and at interpreter exit.
 
-Modules register with `on_shutdown(fn)`; `fn` may be sync or async. Shutdown hooks run once, in reverse
+Modules register with `on_startup(fn)` (run when a serving process starts: background threads that only
+gateway workers should run) and `on_shutdown(fn)`; `fn` may be sync or async. Shutdown hooks run once, in reverse
 registration order: a usage writer flushes its buffer before the database goes away.
 """
 
@@ -12,8 +13,14 @@ import threading
 
 logger = logging.getLogger("tollgate.lifecycle")
 
+_startup_hooks: list = []
 _shutdown_hooks: list = []
 _shutdown_done = threading.Event()
+
+
+def on_startup(fn):
+    _startup_hooks.append(fn)
+    return fn
 
 
 def on_shutdown(fn):
@@ -22,7 +29,14 @@ def on_shutdown(fn):
 
 
 async def startup() -> None:
-    return None
+    for fn in _startup_hooks:
+        try:
+            if inspect.iscoroutinefunction(fn):
+                await fn()
+            else:
+                fn()
+        except Exception:
+            logger.exception("startup hook %s failed", getattr(fn, "__qualname__", fn))
 
 
 async def shutdown() -> None:

@@ -69,14 +69,22 @@ class BudgetHold:
     initial: int | None = None
 
 
+TEAM_SCOPE_PREFIX = "team:"
+
+
 @dataclass(slots=True)
 class LimitTicket:
-    """Every limit one request is admitted against, all or nothing. A None limit is not checked."""
+    """Every limit one request is admitted against, all or nothing. A None limit is not checked.
+
+    A key in a team carries its team's limits as a second ticket in `team` (scope `team:<id>`): the store admits
+    the request against both in the same atomic call, or against neither.
+    """
 
     key_prefix: str
     request_id: str
     # Whose counters: the key's lineage (the prefix of the first key of a rotation chain), so that rotating a
-    # key neither resets its spend nor doubles its limits while old and new key both work in the grace period.
+    # key neither resets its spend nor doubles its limits while old and new key both work in the grace period;
+    # `team:<id>` for a team's.
     scope: str = ""
     rpm: int | None = None
     tpm: int | None = None
@@ -84,15 +92,31 @@ class LimitTicket:
     max_concurrent: int | None = None
     hold_concurrency: bool = True  # False: only check that a slot is free (DRF's allow_request)
     budget: BudgetHold | None = None
+    # What a refusal names: "key <prefix>" or "team <name>".
+    subject: str = ""
+    # The Redis hash tag of its counters: its scope, or for a key in a team the team's scope, so that a key's
+    # counters and its team's can live in one Redis Cluster slot (a Lua script's keys must).
+    tag: str = ""
+    team: "LimitTicket | None" = None
 
     def __post_init__(self):
         self.scope = self.scope or self.key_prefix
+        self.subject = self.subject or f"key {self.key_prefix}"
+        self.tag = self.tag or self.scope
 
     @property
-    def limited(self) -> bool:
+    def own_limits(self) -> bool:
         return (
             self.rpm is not None or self.tpm is not None or self.max_concurrent is not None or self.budget is not None
         )
+
+    @property
+    def limited(self) -> bool:
+        return self.own_limits or (self.team is not None and self.team.own_limits)
+
+    def parts(self) -> list["LimitTicket"]:
+        """The tickets one admission evaluates together: the key's, then its team's (if it has one)."""
+        return [self] if self.team is None else [self, self.team]
 
 
 @dataclass(slots=True)
@@ -110,6 +134,8 @@ class AdmitResult:
     spent: int = 0
     reserved: int = 0
     extra: dict = field(default_factory=dict)  # store-specific state that settle needs
+    team: "AdmitResult | None" = None  # the team's counts, for a key in a team
+    refused_by_team: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -120,6 +146,7 @@ class AdmitResult:
 class SettleResult:
     tpm_used: int | None = None
     tpm_reset_ms: int = 0
+    team: "SettleResult | None" = None
 
 
 class LimitStore:
@@ -135,14 +162,18 @@ class LimitStore:
 
 
 def budget_spent_in_database(scope: str, window: BudgetWindow) -> int:
-    """The spend the database records for a key lineage in a budget period, in units (sync; call off the loop)."""
+    """The spend the database records for a key lineage (or, for a scope `team:<id>`, for the keys now in that team)
+    in a budget period, in units (sync; call off the loop)."""
     from django.db.models import Sum
 
     from apikeys.models import APIKey
     from usage.models import UsageRecord
     from usage.pricing import usd_to_units
 
-    prefixes = APIKey.objects.filter(lineage=scope).values("prefix")
+    if scope.startswith(TEAM_SCOPE_PREFIX):
+        prefixes = APIKey.objects.filter(team_id=int(scope[len(TEAM_SCOPE_PREFIX) :])).values("prefix")
+    else:
+        prefixes = APIKey.objects.filter(lineage=scope).values("prefix")
     records = UsageRecord.objects.filter(key_prefix__in=prefixes)
     if window.start is not None:
         records = records.filter(created_at__gte=window.start, created_at__lt=window.renews_at)

@@ -1,4 +1,5 @@
-"""The Redis limit store: one Lua script admits a request against all its key's limits, a second settles it.
+"""The Redis limit store: one Lua script admits a request against all its key's limits (and its team's), a second
+settles it.
 
 Algorithms (named honestly; details in `admit.lua`): **sliding-window log** for requests/min and tokens/min
 (every admitted request is an entry that counts for exactly 60 s after it was admitted, so no burst at a window
@@ -24,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import WINDOW_MS, AdmitResult, LimitStore, LimitTicket, SettleResult, StoreUnavailable
+from .base import NEED_BUDGET_INIT, WINDOW_MS, AdmitResult, LimitStore, LimitTicket, SettleResult, StoreUnavailable
 
 logger = logging.getLogger("tollgate.limits")
 
@@ -89,19 +90,29 @@ class RedisLimitStore(LimitStore):
             task.add_done_callback(self._closing.discard)
 
     def keys(self, ticket: LimitTicket) -> list[str]:
-        # Every key of one script carries the same hash tag, `{scope}`. This client is a plain `redis.asyncio.Redis`
-        # (no Cluster support), so nothing needs it today; it keeps the layout Cluster-ready, where all keys of a
-        # Lua script must hash to one slot.
-        base = f"{self.prefix}:{{{ticket.scope}}}"
-        label = ticket.budget.window.label if ticket.budget is not None else "-"
-        return [
-            f"{base}:rpm",
-            f"{base}:tpm",
-            f"{base}:tpm:amounts",
-            f"{base}:inflight",
-            f"{base}:budget:{label}",
-            f"{base}:budget:{label}:reservations",
-        ]
+        """The six Redis keys of each part of the ticket (the key's, then its team's).
+
+        Every key of one script carries the same hash tag: `{<lineage>}` for a key without a team, `{team:<id>}` for
+        a key in a team and for its team. This client is a plain `redis.asyncio.Redis` (no Cluster support), so
+        nothing needs it today; it keeps the layout Cluster-ready, where all keys of a Lua script must hash to one
+        slot. A key that changes team moves to other counters: its requests and tokens of the last minute start
+        afresh, and its budget counter is read again from the usage records.
+        """
+        names = []
+        for part in ticket.parts():
+            base = f"{self.prefix}:{{{ticket.tag}}}"
+            if part.scope != ticket.tag:
+                base += f":key:{part.scope}"
+            label = part.budget.window.label if part.budget is not None else "-"
+            names += [
+                f"{base}:rpm",
+                f"{base}:tpm",
+                f"{base}:tpm:amounts",
+                f"{base}:inflight",
+                f"{base}:budget:{label}",
+                f"{base}:budget:{label}:reservations",
+            ]
+        return names
 
     def _now_arg(self) -> str:
         return "" if self.timer is None else str(int(self.timer() * 1000))
@@ -115,46 +126,65 @@ class RedisLimitStore(LimitStore):
             raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
 
     async def admit(self, ticket: LimitTicket) -> AdmitResult:
-        budget = ticket.budget
-        args = [
+        args: list = [
             self._now_arg(),
             ticket.request_id,
             WINDOW_MS,
-            -1 if ticket.rpm is None else ticket.rpm,
-            -1 if ticket.tpm is None else ticket.tpm,
-            ticket.tokens,
-            -1 if ticket.max_concurrent is None else ticket.max_concurrent,
             self.stale_ms,
-            -1 if budget is None else budget.cap,
-            0 if budget is None else budget.reserve,
-            "" if budget is None or budget.initial is None else budget.initial,
-            0 if budget is None else budget.ttl,
             "1" if ticket.hold_concurrency else "0",
         ]
+        for part in ticket.parts():
+            budget = part.budget
+            args += [
+                -1 if part.rpm is None else part.rpm,
+                -1 if part.tpm is None else part.tpm,
+                part.tokens,
+                -1 if part.max_concurrent is None else part.max_concurrent,
+                -1 if budget is None else budget.cap,
+                0 if budget is None else budget.reserve,
+                "" if budget is None or budget.initial is None else budget.initial,
+                0 if budget is None else budget.ttl,
+            ]
         reply = await self._call("admit", self.keys(ticket), args)
-        status, rpm_count, rpm_reset, tpm_used, tpm_reset, concurrent, retry, spent, reserved = reply
-        return AdmitResult(
-            status=status,
-            rpm_count=rpm_count,
-            rpm_reset_ms=rpm_reset,
-            tpm_used=tpm_used,
-            tpm_reset_ms=tpm_reset,
-            concurrent=concurrent,
-            retry_ms=retry,
-            spent=spent,
-            reserved=reserved,
-        )
+        status, refusing, retry = reply[0], reply[1], reply[2]
+        if status == NEED_BUDGET_INIT:
+            # `refused_by_team` says whose budget counter is missing.
+            return AdmitResult(status=status, refused_by_team=refusing == 1)
+        results = []
+        for index in range(len(ticket.parts())):
+            rpm_count, rpm_reset, tpm_used, tpm_reset, concurrent, spent, reserved = reply[
+                3 + 7 * index : 10 + 7 * index
+            ]
+            results.append(
+                AdmitResult(
+                    status=status,
+                    rpm_count=rpm_count,
+                    rpm_reset_ms=rpm_reset,
+                    tpm_used=tpm_used,
+                    tpm_reset_ms=tpm_reset,
+                    concurrent=concurrent,
+                    retry_ms=retry,
+                    spent=spent,
+                    reserved=reserved,
+                )
+            )
+        result = results[0]
+        result.refused_by_team = refusing == 1
+        result.team = results[1] if len(results) > 1 else None
+        return result
 
     async def settle(self, ticket: LimitTicket, admitted: AdmitResult, *, tokens: int, cost: int) -> SettleResult:
-        args = [
-            self._now_arg(),
-            ticket.request_id,
-            WINDOW_MS,
-            -1 if ticket.tpm is None else max(tokens, 0),
-            -1 if ticket.budget is None else max(cost, 0),
+        args: list = [self._now_arg(), ticket.request_id, WINDOW_MS]
+        for part in ticket.parts():
+            args += [-1 if part.tpm is None else max(tokens, 0), -1 if part.budget is None else max(cost, 0)]
+        reply = await self._call("settle", self.keys(ticket), args)
+        results = [
+            SettleResult(tpm_used=None if reply[i] < 0 else reply[i], tpm_reset_ms=reply[i + 1])
+            for i in range(0, len(reply), 2)
         ]
-        tpm_used, tpm_reset = await self._call("settle", self.keys(ticket), args)
-        return SettleResult(tpm_used=None if tpm_used < 0 else tpm_used, tpm_reset_ms=tpm_reset)
+        result = results[0]
+        result.team = results[1] if len(results) > 1 else None
+        return result
 
     async def aclose(self) -> None:
         for entry in list(self._clients.values()):

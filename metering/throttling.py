@@ -1,4 +1,5 @@
-"""Per-key rate limits (requests/min, tokens/min, concurrent requests) and budgets, admitted in one atomic step.
+"""Per-key rate limits (requests/min, tokens/min, concurrent requests) and budgets, admitted in one atomic step,
+together with those of the key's team.
 
 The limits are DRF throttle classes (`RequestRateThrottle`, `TokenRateThrottle`, `ConcurrencyThrottle`), each
 reading its limit from the key or the project default. DRF would check them one by one, and a request refused by
@@ -60,7 +61,7 @@ from . import (
     StoreUnavailable,
     get_limit_store,
 )
-from .base import BudgetWindow, budget_spent_in_database
+from .base import TEAM_SCOPE_PREFIX, BudgetWindow, budget_spent_in_database
 
 logger = logging.getLogger("tollgate.limits")
 
@@ -90,10 +91,12 @@ class Demand:
 
 
 class KeyThrottle(BaseThrottle):
-    """One per-key limit. Subclasses set `scope`, `key_field` (the APIKey field) and `default_setting`.
+    """One per-key limit. Subclasses set `scope`, `key_field` (the APIKey and Team field) and `default_setting`.
 
     `get_limit(key)` → the key's own value, else the project default, else None (unlimited).
-    `contribute(ticket, key=, demand=)` puts this limit into the ticket that `admit` evaluates atomically.
+    `get_team_limit(team)` → the team's value, else None (a team has no project default).
+    `contribute(ticket, key=, demand=)` puts this limit into the ticket that `admit` evaluates atomically: the
+    key's into the ticket, its team's into `ticket.team` (present when the key is in a team).
 
     DRF's one-by-one `allow_request` is deliberately not supported: it would count a request against one limit
     while another refuses it. Views admit through `admit()`.
@@ -107,7 +110,16 @@ class KeyThrottle(BaseThrottle):
         value = getattr(key, self.key_field, None)
         return value if value is not None else getattr(settings, self.default_setting, None)
 
+    def get_team_limit(self, team) -> int | None:
+        return getattr(team, self.key_field, None)
+
     def contribute(self, ticket: LimitTicket, *, key, demand: Demand) -> None:
+        self.contribute_limit(ticket, self.get_limit(key), demand)
+        if ticket.team is not None:
+            self.contribute_limit(ticket.team, self.get_team_limit(key.team), demand)
+
+    def contribute_limit(self, ticket: LimitTicket, limit: int | None, demand: Demand) -> None:
+        """Put `limit` (None: unlimited) into one part of a ticket."""
         raise NotImplementedError
 
     def allow_request(self, request, view) -> bool:
@@ -121,8 +133,8 @@ class RequestRateThrottle(KeyThrottle):
     key_field = "rpm"
     default_setting = "RATE_LIMIT_DEFAULT_RPM"
 
-    def contribute(self, ticket, *, key, demand):
-        ticket.rpm = self.get_limit(key)
+    def contribute_limit(self, ticket, limit, demand):
+        ticket.rpm = limit
 
 
 class TokenRateThrottle(KeyThrottle):
@@ -132,8 +144,7 @@ class TokenRateThrottle(KeyThrottle):
     key_field = "tpm"
     default_setting = "RATE_LIMIT_DEFAULT_TPM"
 
-    def contribute(self, ticket, *, key, demand):
-        limit = self.get_limit(key)
+    def contribute_limit(self, ticket, limit, demand):
         if limit is None:
             return
         ticket.tpm = limit
@@ -147,8 +158,8 @@ class ConcurrencyThrottle(KeyThrottle):
     key_field = "max_concurrent"
     default_setting = "RATE_LIMIT_DEFAULT_MAX_CONCURRENT"
 
-    def contribute(self, ticket, *, key, demand):
-        ticket.max_concurrent = self.get_limit(key)
+    def contribute_limit(self, ticket, limit, demand):
+        ticket.max_concurrent = limit
 
 
 DEFAULT_THROTTLES: tuple = (RequestRateThrottle, TokenRateThrottle, ConcurrencyThrottle)
@@ -167,11 +178,12 @@ def output_reservation(demand: Demand, limit: int | None) -> int:
     return reserve
 
 
-def budget_hold(key, demand: Demand, now: datetime) -> BudgetHold | None:
-    """The worst-case cost of this request as a reservation against the key's budget (None: no budget)."""
-    if key.budget_usd is None:
+def budget_hold(owner, demand: Demand, now: datetime) -> BudgetHold | None:
+    """The worst-case cost of this request as a reservation against the budget of `owner`, a key or a team (None:
+    no budget)."""
+    if owner.budget_usd is None:
         return None
-    window = BudgetWindow.at(key.budget_period, now)
+    window = BudgetWindow.at(owner.budget_period, now)
     if not demand.priced:
         worst = 0
     else:
@@ -181,7 +193,7 @@ def budget_hold(key, demand: Demand, now: datetime) -> BudgetHold | None:
             round_up=True,
         )
     return BudgetHold(
-        cap=pricing.usd_to_units(key.budget_usd),
+        cap=pricing.usd_to_units(owner.budget_usd),
         reserve=worst,
         window=window,
         ttl=window.ttl_seconds(now),
@@ -217,18 +229,36 @@ class Admission:
         key = self.key
         outcome = self.outcome
         ticket = LimitTicket(key_prefix=key.prefix, scope=key.lineage, request_id=outcome.request_id)
+        team = getattr(key, "team", None)
+        if team is not None:
+            ticket.team = LimitTicket(
+                key_prefix=key.prefix,
+                request_id=outcome.request_id,
+                scope=f"{TEAM_SCOPE_PREFIX}{team.id}",
+                subject=f"team {team.name}",
+            )
+            ticket.tag = ticket.team.scope
         for throttle_class in self.throttles:
             throttle_class().contribute(ticket, key=key, demand=self.demand)
-        ticket.budget = budget_hold(key, self.demand, datetime.now(UTC))
+        now = datetime.now(UTC)
+        ticket.budget = budget_hold(key, self.demand, now)
+        if ticket.team is not None:
+            ticket.team.budget = budget_hold(team, self.demand, now)
         if not ticket.limited:
             return self
         store = get_limit_store()
         try:
             result = await store.admit(ticket)
-            if result.status == NEED_BUDGET_INIT:
-                assert ticket.budget is not None  # only a budget's counter needs initialising
-                ticket.budget.initial = await _spent_in_database(ticket)
+            # A missing budget counter (the key's, then perhaps the team's): read its spend, ask again.
+            for _ in range(2):
+                if result.status != NEED_BUDGET_INIT:
+                    break
+                part = ticket.team if result.refused_by_team and ticket.team is not None else ticket
+                assert part.budget is not None  # only a budget's counter needs initialising
+                part.budget.initial = await _spent_in_database(part)
                 result = await store.admit(ticket)
+            if result.status == NEED_BUDGET_INIT:
+                raise StoreUnavailable("a budget counter could not be initialised")
         except StoreUnavailable as exc:
             _warn_store_down(exc)
             if settings.RATE_LIMIT_FAIL_OPEN:
@@ -277,9 +307,16 @@ class Admission:
         except Exception:
             logger.exception("limits: settling request %s failed", self.ticket.request_id)
             return
-        if settled.tpm_used is not None and self.ticket.tpm is not None:
-            self.headers["x-ratelimit-remaining-tokens"] = str(max(self.ticket.tpm - settled.tpm_used, 0))
-            self.headers["x-ratelimit-reset-tokens"] = format_duration(settled.tpm_reset_ms)
+        tightest = None
+        for part, counted in ((self.ticket, settled), (self.ticket.team, settled.team)):
+            if part is None or counted is None or counted.tpm_used is None or part.tpm is None:
+                continue
+            remaining = max(part.tpm - counted.tpm_used, 0)
+            if tightest is None or remaining < tightest[0]:
+                tightest = (remaining, counted.tpm_reset_ms)
+        if tightest is not None:
+            self.headers["x-ratelimit-remaining-tokens"] = str(tightest[0])
+            self.headers["x-ratelimit-reset-tokens"] = format_duration(tightest[1])
 
 
 def admit(*, key, demand: Demand, outcome, throttles=DEFAULT_THROTTLES) -> Admission:
@@ -326,22 +363,33 @@ def retry_after_seconds(ms: int) -> int:
 
 
 def rate_limit_headers(ticket: LimitTicket, result: AdmitResult) -> dict:
-    """The `x-ratelimit-*` trio of each limited dimension (an unlimited one has none)."""
+    """The `x-ratelimit-*` trio of each limited dimension (an unlimited one has none). For a key in a team, each
+    dimension shows whichever of the key's and the team's limits has less left."""
+    pairs = [(ticket, result)]
+    if ticket.team is not None and result.team is not None:
+        pairs.append((ticket.team, result.team))
     headers = {}
-    if ticket.rpm is not None:
-        headers["x-ratelimit-limit-requests"] = str(ticket.rpm)
-        headers["x-ratelimit-remaining-requests"] = str(max(ticket.rpm - result.rpm_count, 0))
-        headers["x-ratelimit-reset-requests"] = format_duration(result.rpm_reset_ms)
-    if ticket.tpm is not None:
-        headers["x-ratelimit-limit-tokens"] = str(ticket.tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(max(ticket.tpm - result.tpm_used, 0))
-        headers["x-ratelimit-reset-tokens"] = format_duration(result.tpm_reset_ms)
+    requests = [(p.rpm - r.rpm_count, p.rpm, r.rpm_reset_ms) for p, r in pairs if p.rpm is not None]
+    if requests:
+        remaining, limit, reset = min(requests, key=lambda item: item[0])
+        headers["x-ratelimit-limit-requests"] = str(limit)
+        headers["x-ratelimit-remaining-requests"] = str(max(remaining, 0))
+        headers["x-ratelimit-reset-requests"] = format_duration(reset)
+    tokens = [(p.tpm - r.tpm_used, p.tpm, r.tpm_reset_ms) for p, r in pairs if p.tpm is not None]
+    if tokens:
+        remaining, limit, reset = min(tokens, key=lambda item: item[0])
+        headers["x-ratelimit-limit-tokens"] = str(limit)
+        headers["x-ratelimit-remaining-tokens"] = str(max(remaining, 0))
+        headers["x-ratelimit-reset-tokens"] = format_duration(reset)
     return headers
 
 
 def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) -> Exception:
-    """The error for a refused request (and `outcome.error_type` set to say why)."""
-    prefix = ticket.key_prefix
+    """The error for a refused request (and `outcome.error_type` set to say why). The message names whoever is at
+    its limit: the key (`key abcd1234`) or its team (`team research`)."""
+    if result.refused_by_team and ticket.team is not None and result.team is not None:
+        ticket, result = ticket.team, result.team
+    subject = ticket.subject
     status = result.status
     wait = format_duration(result.retry_ms)
     retry_headers = {**headers, "Retry-After": str(retry_after_seconds(result.retry_ms))}
@@ -351,7 +399,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
     if status == REFUSED_REQUESTS:
         outcome.error_type = ErrorType.RATE_LIMIT_REQUESTS
         return RateLimited(
-            f"Rate limit reached for key {prefix} on requests per min (RPM): Limit {ticket.rpm}, "
+            f"Rate limit reached for {subject} on requests per min (RPM): Limit {ticket.rpm}, "
             f"Used {result.rpm_count}, Requested 1. Please try again in {wait}.",
             limit_type="requests",
             headers=retry_headers,
@@ -359,7 +407,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
     if status == REFUSED_TOKENS:
         outcome.error_type = ErrorType.RATE_LIMIT_TOKENS
         return RateLimited(
-            f"Rate limit reached for key {prefix} on tokens per min (TPM): Limit {ticket.tpm}, "
+            f"Rate limit reached for {subject} on tokens per min (TPM): Limit {ticket.tpm}, "
             f"Used {result.tpm_used}, Requested {ticket.tokens}. Please try again in {wait}.",
             limit_type="tokens",
             headers=retry_headers,
@@ -367,7 +415,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
     if status == REFUSED_TOKENS_NEVER:
         outcome.error_type = ErrorType.RATE_LIMIT_TOKENS
         return RateLimited(
-            f"Request too large for key {prefix} on tokens per min (TPM): Limit {ticket.tpm}, "
+            f"Request too large for {subject} on tokens per min (TPM): Limit {ticket.tpm}, "
             f"Requested {ticket.tokens}. The input or output tokens must be reduced (set a lower max_tokens) "
             "for the request to pass.",
             limit_type="tokens",
@@ -376,7 +424,7 @@ def refusal(ticket: LimitTicket, result: AdmitResult, headers: dict, outcome) ->
     if status == REFUSED_CONCURRENCY:
         outcome.error_type = ErrorType.RATE_LIMIT_CONCURRENCY
         return RateLimited(
-            f"Too many concurrent requests for key {prefix}: Limit {ticket.max_concurrent}, "
+            f"Too many concurrent requests for {subject}: Limit {ticket.max_concurrent}, "
             f"In flight {result.concurrent}. Please try again when one of them has finished.",
             limit_type="requests",
             headers=retry_headers,
@@ -396,7 +444,7 @@ def _budget_message(ticket: LimitTicket, result: AdmitResult) -> str:
         renews = f"It renews at {window.renews_at:%Y-%m-%d %H:%M} UTC."
     in_flight = f" and ${usd(result.reserved):.4f} reserved by requests in flight" if result.reserved else ""
     return (
-        f"The budget of key {ticket.key_prefix} is spent: ${usd(result.spent):.4f} used{in_flight} of "
+        f"The budget of {ticket.subject} is spent: ${usd(result.spent):.4f} used{in_flight} of "
         f"${usd(budget.cap):.4f} {per}, and this request could cost up to ${usd(budget.reserve):.4f}. {renews}"
     )
 

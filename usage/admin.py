@@ -18,6 +18,7 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 
+from apikeys.admin import admin_teams
 from apikeys.models import APIKey
 
 from .dashboard import format_usd, key_usage_page, usage_dashboard_page
@@ -90,6 +91,26 @@ class UsageRecordAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
         return False
 
+    # A team admin sees the records, the dashboard and the key pages of their teams' keys only (apikeys.admin).
+
+    def team_key_prefixes(self, request: HttpRequest) -> QuerySet | None:
+        teams = admin_teams(request)
+        return None if teams is None else APIKey.objects.filter(team__in=teams).values("prefix")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        records = super().get_queryset(request)
+        prefixes = self.team_key_prefixes(request)
+        return records if prefixes is None else records.filter(key_prefix__in=prefixes)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return admin_teams(request) is not None or super().has_module_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        prefixes = self.team_key_prefixes(request)
+        if prefixes is None:
+            return super().has_view_permission(request, obj)
+        return obj is None or prefixes.filter(prefix=obj.key_prefix).exists()
+
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         own = [
@@ -101,12 +122,14 @@ class UsageRecordAdmin(admin.ModelAdmin):
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return usage_dashboard_page(request, admin_site=self.admin_site)
+        return usage_dashboard_page(request, admin_site=self.admin_site, key_prefixes=self.team_key_prefixes(request))
 
     def key_view(self, request: HttpRequest, prefix: str) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        api_key = get_object_or_404(APIKey, prefix=prefix)
+        teams = admin_teams(request)
+        keys = APIKey.objects.all() if teams is None else APIKey.objects.filter(team__in=teams)
+        api_key = get_object_or_404(keys, prefix=prefix)
         return key_usage_page(request, api_key=api_key, admin_site=self.admin_site)
 
 

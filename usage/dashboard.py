@@ -184,9 +184,10 @@ def key_usage_page(request, *, api_key, admin_site) -> TemplateResponse:
     return TemplateResponse(request, "admin/usage/key_usage.html", context)
 
 
-def dashboard_context(*, now: datetime | None = None) -> dict:
-    """Template context of the usage dashboard (see `usage_dashboard_page`)."""
-    data = usage_dashboard(now=now)
+def dashboard_context(*, now: datetime | None = None, key_prefixes=None) -> dict:
+    """Template context of the usage dashboard (see `usage_dashboard_page`); `key_prefixes` limits it to those
+    keys."""
+    data = usage_dashboard(now=now, key_prefixes=key_prefixes)
     today, period = data["today"], data["period"]
 
     def key_row(row):
@@ -235,12 +236,13 @@ def dashboard_context(*, now: datetime | None = None) -> dict:
     }
 
 
-def usage_dashboard_page(request, *, admin_site) -> TemplateResponse:
-    """The admin usage dashboard: totals, top keys and models, error and throttle rates over time."""
+def usage_dashboard_page(request, *, admin_site, key_prefixes=None) -> TemplateResponse:
+    """The admin usage dashboard: totals, top keys and models, error and throttle rates over time (of
+    `key_prefixes` only, when given: a team admin's)."""
     context = {
         **admin_site.each_context(request),
         "title": "Usage dashboard",
         "records_url": _admin_url("admin:usage_usagerecord_changelist"),
-        **dashboard_context(),
+        **dashboard_context(key_prefixes=key_prefixes),
     }
     return TemplateResponse(request, "admin/usage/usage_dashboard.html", context)

@@ -74,12 +74,14 @@ def usage_records(
 def usage_totals_by_key_model(
     *,
     key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
     endpoint: str | None = None,
     by_endpoint: bool = False,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[dict]:
-    """One row per (key, model): `key_name, key_prefix, model, requests, prompt_tokens, cached_tokens,
+    """One row per (key, model) of one key, of `key_prefixes` (e.g. `team_key_prefixes(team)`) or of all:
+    `key_name, key_prefix, model, requests, prompt_tokens, cached_tokens,
     completion_tokens, total_tokens, cost_usd`, ordered by key name, prefix and model. `endpoint` keeps that
     endpoint's records only; `by_endpoint` makes it one row per (key, model, endpoint), with an `endpoint` key,
     ordered by endpoint last.
@@ -89,7 +91,7 @@ def usage_totals_by_key_model(
     """
     group = ("key_prefix", "model", "endpoint") if by_endpoint else ("key_prefix", "model")
     rows = (
-        usage_records(key_prefix=key_prefix, endpoint=endpoint, since=since, until=until)
+        usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, endpoint=endpoint, since=since, until=until)
         .order_by()
         .values(*group)
         .annotate(
@@ -107,6 +109,11 @@ def usage_totals_by_key_model(
     return out
 
 
+def team_key_prefixes(team) -> QuerySet:
+    """The prefixes of the keys now in `team` (a subquery for `key_prefixes=`)."""
+    return APIKey.objects.filter(team=team).values("prefix")
+
+
 def usage_endpoint_known(endpoint: str) -> bool:
     """True for an endpoint the relay serves or that some usage record names."""
     return endpoint in known_endpoints() or UsageRecord.objects.filter(endpoint=endpoint).exists()
@@ -122,6 +129,7 @@ def endpoint_order(names: Iterable[str]) -> list[str]:
 def usage_totals_by_endpoint(
     *,
     key_prefix: str | None = None,
+    key_prefixes=None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[dict]:
@@ -129,7 +137,7 @@ def usage_totals_by_endpoint(
     total_tokens, cost_usd, errors, throttled, error_rate`, in `endpoint_order`."""
     rows = {
         row["endpoint"]: _clean(dict(row))
-        for row in usage_records(key_prefix=key_prefix, since=since, until=until)
+        for row in usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
         .order_by()
         .values("endpoint")
         .annotate(**_aggregates())
@@ -173,12 +181,12 @@ def _fill(found: dict[datetime, dict], *, start: datetime, step: timedelta, coun
 
 
 def usage_daily_series_by_endpoint(
-    *, key_prefix: str | None = None, days: int = 30, now: datetime | None = None
+    *, key_prefix: str | None = None, key_prefixes=None, days: int = 30, now: datetime | None = None
 ) -> dict[str, list[dict]]:
     """Like `usage_daily_series`, one series per endpoint that has records in the span (in `endpoint_order`;
     `{}` when there are none). Each day's row is that endpoint's alone."""
     start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
-    records = usage_records(key_prefix=key_prefix, since=start)
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     found: dict[str, dict[datetime, dict]] = {}
     for row in (
         records.order_by()
@@ -193,27 +201,31 @@ def usage_daily_series_by_endpoint(
     return out
 
 
-def usage_daily_series(*, key_prefix: str | None = None, days: int = 30, now: datetime | None = None) -> list[dict]:
+def usage_daily_series(
+    *, key_prefix: str | None = None, key_prefixes=None, days: int = 30, now: datetime | None = None
+) -> list[dict]:
     """The last `days` UTC days up to today, oldest first, zeros included: per day `bucket` (midnight UTC),
     `requests, prompt_tokens, completion_tokens, total_tokens, cost_usd, errors, throttled, error_rate,
     throttle_rate` (rates are shares of the day's requests: status >= 400, status 429)."""
     start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
-    records = usage_records(key_prefix=key_prefix, since=start)
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     return _series(records, trunc=TruncDay, start=start, step=timedelta(days=1), count=days)
 
 
-def usage_hourly_series(*, key_prefix: str | None = None, hours: int = 24, now: datetime | None = None) -> list[dict]:
+def usage_hourly_series(
+    *, key_prefix: str | None = None, key_prefixes=None, hours: int = 24, now: datetime | None = None
+) -> list[dict]:
     """Like `usage_daily_series`, per UTC hour over the last `hours` hours (the current hour included)."""
     current = (now or timezone.now()).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current - timedelta(hours=hours - 1)
-    records = usage_records(key_prefix=key_prefix, since=start)
+    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     return _series(records, trunc=TruncHour, start=start, step=timedelta(hours=1), count=hours)
 
 
 def usage_totals(
     *,
     key_prefix: str | None = None,
-    key_prefixes: Iterable[str] | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> dict:
@@ -226,11 +238,11 @@ def usage_totals(
     return row
 
 
-def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
+def usage_top_keys(*, since: datetime, limit: int = 10, key_prefixes=None) -> list[dict]:
     """The keys that spent most since `since` (then most requests): `key_prefix, key_name, requests,
     total_tokens, cost_usd, errors, throttled`."""
     rows = (
-        usage_records(since=since)
+        usage_records(since=since, key_prefixes=key_prefixes)
         .order_by()
         .values("key_prefix")
         .annotate(key_name=Max("key_name"), **_aggregates())
@@ -239,11 +251,11 @@ def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
     return [_clean(dict(row)) for row in rows]
 
 
-def usage_top_models(*, since: datetime, limit: int = 10) -> list[dict]:
+def usage_top_models(*, since: datetime, limit: int = 10, key_prefixes=None) -> list[dict]:
     """The models that cost most since `since` (then most requests): `model, requests, total_tokens,
     cost_usd, errors, throttled`."""
     rows = (
-        usage_records(since=since)
+        usage_records(since=since, key_prefixes=key_prefixes)
         .order_by()
         .values("model")
         .annotate(**_aggregates())
@@ -288,24 +300,39 @@ def usage_budget_status(*, api_key: APIKey, now: datetime | None = None) -> dict
     }
 
 
-def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10) -> dict:
+def usage_team_budget_status(*, team, now: datetime | None = None) -> dict:
+    """Spend of the keys now in `team` in the team's current budget period: `budget_usd`, `period`,
+    `period_start`, `renews_at`, `spent_usd` (as enforcement counts it: metering.base.budget_spent_in_database)."""
+    window = BudgetWindow.at(team.budget_period, now or timezone.now())
+    spent = usage_totals(key_prefixes=team_key_prefixes(team), since=window.start, until=window.renews_at)["cost_usd"]
+    return {
+        "budget_usd": team.budget_usd,
+        "period": team.budget_period,
+        "period_start": window.start,
+        "renews_at": window.renews_at,
+        "spent_usd": spent,
+    }
+
+
+def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10, key_prefixes=None) -> dict:
     """Everything the admin dashboard shows: `today` and `period` totals, `daily` (last `days` days) and
     `hourly` (last 24 h) series, `top_keys` and `top_models` over the period, `endpoints` (totals per endpoint
-    over the period, `usage_totals_by_endpoint`) and `daily_by_endpoint` (`usage_daily_series_by_endpoint`)."""
+    over the period, `usage_totals_by_endpoint`) and `daily_by_endpoint` (`usage_daily_series_by_endpoint`).
+    `key_prefixes` (a list or a subquery) limits all of it to those keys (a team admin's dashboard)."""
     now = now or timezone.now()
     today = _day_start(now)
     since = today - timedelta(days=days - 1)
     return {
         "now": now,
         "days": days,
-        "today": usage_totals(since=today),
-        "period": usage_totals(since=since),
-        "daily": usage_daily_series(days=days, now=now),
-        "hourly": usage_hourly_series(hours=24, now=now),
-        "top_keys": usage_top_keys(since=since, limit=top),
-        "top_models": usage_top_models(since=since, limit=top),
-        "endpoints": usage_totals_by_endpoint(since=since),
-        "daily_by_endpoint": usage_daily_series_by_endpoint(days=days, now=now),
+        "today": usage_totals(since=today, key_prefixes=key_prefixes),
+        "period": usage_totals(since=since, key_prefixes=key_prefixes),
+        "daily": usage_daily_series(days=days, now=now, key_prefixes=key_prefixes),
+        "hourly": usage_hourly_series(hours=24, now=now, key_prefixes=key_prefixes),
+        "top_keys": usage_top_keys(since=since, limit=top, key_prefixes=key_prefixes),
+        "top_models": usage_top_models(since=since, limit=top, key_prefixes=key_prefixes),
+        "endpoints": usage_totals_by_endpoint(since=since, key_prefixes=key_prefixes),
+        "daily_by_endpoint": usage_daily_series_by_endpoint(days=days, now=now, key_prefixes=key_prefixes),
     }
 
 
@@ -314,3 +341,39 @@ def day_bounds(first: date | None, last: date | None) -> tuple[datetime | None, 
     since = datetime(first.year, first.month, first.day, tzinfo=UTC) if first else None
     until = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1) if last else None
     return since, until
+
+
+REPORT_COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
+REPORT_COLUMNS_BY_ENDPOINT = ("key_name", "key_prefix", "model", "endpoint", *REPORT_COLUMNS[3:])
+COST_QUANTUM = Decimal("0.00000001")
+
+
+def format_cost(value) -> str:
+    """A cost as reports write it: a string with exactly 8 decimals (the stored precision)."""
+    return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
+
+
+def usage_report_rows(
+    *,
+    key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
+    endpoint: str | None = None,
+    by_endpoint: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict]:
+    """The rows of `usage_report` (and of the management API's usage): exactly REPORT_COLUMNS (or
+    REPORT_COLUMNS_BY_ENDPOINT), `cost_usd` formatted by `format_cost`."""
+    columns = REPORT_COLUMNS_BY_ENDPOINT if by_endpoint else REPORT_COLUMNS
+    totals = usage_totals_by_key_model(
+        key_prefix=key_prefix,
+        key_prefixes=key_prefixes,
+        endpoint=endpoint,
+        by_endpoint=by_endpoint,
+        since=since,
+        until=until,
+    )
+    rows = [{name: row[name] for name in columns} for row in totals]
+    for row in rows:
+        row["cost_usd"] = format_cost(row["cost_usd"])
+    return rows

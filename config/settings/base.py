@@ -29,6 +29,8 @@ INSTALLED_APPS = [
     "metering",
     "usage",
     "completions",
+    "manageapi",
+    "alerts",
 ]
 
 # MIDDLEWARE
@@ -153,6 +155,22 @@ PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=5.0)
 PRICE_FALLBACK_INPUT_PER_MILLION = env.float("PRICE_FALLBACK_INPUT_PER_MILLION", default=0.0)
 PRICE_FALLBACK_OUTPUT_PER_MILLION = env.float("PRICE_FALLBACK_OUTPUT_PER_MILLION", default=0.0)
 PRICE_FALLBACK_MAX_OUTPUT_TOKENS = env.int("PRICE_FALLBACK_MAX_OUTPUT_TOKENS", default=16384)
+
+# ALERTS (alerts/; README "Budget alerts")
+# Budget thresholds crossed and keys about to expire: POSTed (signed) to this URL and emailed to owners and team
+# admins. Empty URL: no webhook.
+ALERT_WEBHOOK_URL = env("ALERT_WEBHOOK_URL", default="")
+# HMAC-SHA256 key of the X-Tollgate-Signature header; empty: alerts are sent unsigned.
+ALERT_WEBHOOK_SECRET = env("ALERT_WEBHOOK_SECRET", default="")
+# How often each gateway worker scans for alerts and sends due deliveries; 0 turns the alert thread off.
+ALERT_CHECK_SECONDS = env.float("ALERT_CHECK_SECONDS", default=5.0)
+# Tries of one delivery (2, 4, 8, … s apart) before it is marked failed.
+ALERT_MAX_ATTEMPTS = env.int("ALERT_MAX_ATTEMPTS", default=8)
+
+# EMAIL (Django's email backend: alerts to key owners and team admins)
+# smtp://user:password@host:587, smtp+tls://…, consolemail:// (the default: printed to stderr), filemail:///dir.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="tollgate@localhost")
 
 # AUTH (admin users)
 AUTH_PASSWORD_VALIDATORS = [

@@ -75,3 +75,14 @@ class NoRepeatAction(argparse.Action):
             parser.error(f"{option_string} given more than once")
         setattr(namespace, f"_seen_{self.dest}", True)
         setattr(namespace, self.dest, values)
+
+
+def percent_list(value: str) -> list[int]:
+    """`50,80,100`: whole percentages from 1 to 1000."""
+    try:
+        numbers = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole percentages like 50,80,100, got {value!r}") from None
+    if not numbers or any(not 1 <= n <= 1000 for n in numbers):
+        raise argparse.ArgumentTypeError(f"expected whole percentages from 1 to 1000, got {value!r}")
+    return numbers

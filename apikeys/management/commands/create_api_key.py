@@ -1,5 +1,6 @@
 """`manage.py create_api_key NAME [--rpm N] [--tpm N] [--max-concurrent N] [--models a,b] [--expires ISO-8601|30d]
-[--budget-usd X] [--budget-period day|month|total] [--owner TEXT] [--notes TEXT]`
+[--budget-usd X] [--budget-period day|month|total] [--owner TEXT] [--notes TEXT] [--team TEAM]
+[--alert-thresholds 50,80,100]`
 
 Prints the raw key as the last line of stdout (and nothing else there); everything else goes to stderr.
 """
@@ -8,9 +9,9 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
 
-from apikeys.services import api_key_create
+from apikeys.services import TeamLookupError, api_key_create, team_find
 
-from ._common import KeyCommand, NoRepeatAction, expiry, non_negative_int
+from ._common import KeyCommand, NoRepeatAction, expiry, non_negative_int, percent_list
 
 
 def budget(value: str) -> Decimal:
@@ -48,9 +49,20 @@ class Command(KeyCommand):
         )
         parser.add_argument("--owner", default="", action=NoRepeatAction)
         parser.add_argument("--notes", default="", action=NoRepeatAction)
+        parser.add_argument("--team", action=NoRepeatAction, help="the team the key belongs to (its name)")
+        parser.add_argument(
+            "--alert-thresholds",
+            type=percent_list,
+            action=NoRepeatAction,
+            help="comma-separated percentages of the budget that send an alert (default 50,80,100)",
+        )
 
     def handle(self, *args, **options):
         models = [m for m in (options["models"] or "").split(",") if m.strip()]
+        try:
+            team = team_find(options["team"]) if options["team"] is not None else None
+        except TeamLookupError as exc:
+            raise CommandError(str(exc)) from None
         try:
             api_key, raw = api_key_create(
                 name=options["name"],
@@ -64,6 +76,8 @@ class Command(KeyCommand):
                 expires=options["expires"],
                 budget_usd=options["budget_usd"],
                 budget_period=options["budget_period"],
+                team=team,
+                alert_thresholds=options["alert_thresholds"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None

@@ -1,5 +1,5 @@
-"""`manage.py usage_report [--key KEY_OR_PREFIX] [--since DAY] [--until DAY] [--endpoint NAME] [--by-endpoint]
-[--format table|csv|json]`.
+"""`manage.py usage_report [--key KEY_OR_PREFIX] [--team TEAM] [--since DAY] [--until DAY] [--endpoint NAME]
+[--by-endpoint] [--format table|csv|json]`.
 
 Totals per key and model over UTC days: the columns `key_name, key_prefix, model, requests, prompt_tokens,
 completion_tokens, cost_usd`, one row per (key, model), ordered by key name, prefix and model.
@@ -16,6 +16,7 @@ completion_tokens, cost_usd`, one row per (key, model), ordered by key name, pre
 * `--format json` prints a JSON list of objects with exactly those keys (`[]` when there is no usage);
   `csv` prints a header row then the rows; `table` (the default) also prints a `TOTAL` row.
 * `--key` takes a raw key (verified) or a key prefix; a prefix of a deleted key still works if it has usage.
+* `--team` counts only the keys now in that team (by name); with `--key`, a key outside the team reports nothing.
 
 A bad date or an unknown key exits non-zero with a one-line message on stderr; the raw key is never echoed.
 """
@@ -29,15 +30,23 @@ from decimal import Decimal
 
 from django.core.management.base import CommandError
 
-from apikeys.services import KeyLookupError, api_key_find
+from apikeys.services import KeyLookupError, TeamLookupError, api_key_find, team_find
 from core.commands import StrictCommand
 from usage.endpoint_names import known_endpoints
-from usage.selectors import day_bounds, usage_endpoint_known, usage_key_prefix_known, usage_totals_by_key_model
+from usage.selectors import (
+    REPORT_COLUMNS,
+    REPORT_COLUMNS_BY_ENDPOINT,
+    day_bounds,
+    format_cost,
+    team_key_prefixes,
+    usage_endpoint_known,
+    usage_key_prefix_known,
+    usage_report_rows,
+)
 
-COLUMNS = ("key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
-COLUMNS_BY_ENDPOINT = ("key_name", "key_prefix", "model", "endpoint", *COLUMNS[3:])
+COLUMNS = REPORT_COLUMNS
+COLUMNS_BY_ENDPOINT = REPORT_COLUMNS_BY_ENDPOINT
 NUMERIC = frozenset({"requests", "prompt_tokens", "completion_tokens", "cost_usd"})
-COST_QUANTUM = Decimal("0.00000001")
 
 
 def utc_day(value: str) -> date:
@@ -49,16 +58,13 @@ def utc_day(value: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
 
 
-def format_cost(value) -> str:
-    return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
-
-
 class Command(StrictCommand):
     help = "Usage totals per key and model (UTC days; --since and --until inclusive)."
     columns: Sequence[str] = COLUMNS
 
     def add_arguments(self, parser):
         parser.add_argument("--key", metavar="KEY_OR_PREFIX", help="Only this key: a raw key or its prefix.")
+        parser.add_argument("--team", metavar="TEAM", help="Only the keys of this team (its name).")
         parser.add_argument("--since", type=utc_day, metavar="YYYY-MM-DD", help="First UTC day (inclusive).")
         parser.add_argument("--until", type=utc_day, metavar="YYYY-MM-DD", help="Last UTC day (inclusive).")
         parser.add_argument(
@@ -73,6 +79,7 @@ class Command(StrictCommand):
         self,
         *args: str,
         key: str | None = None,
+        team: str | None = None,
         since: date | None = None,
         until: date | None = None,
         endpoint: str | None = None,
@@ -87,14 +94,20 @@ class Command(StrictCommand):
             if not usage_endpoint_known(endpoint):
                 raise CommandError(f"Unknown endpoint {endpoint!r}; expected one of: {', '.join(known_endpoints())}.")
         key_prefix = self.key_prefix(key) if key is not None else None
+        try:
+            key_prefixes = team_key_prefixes(team_find(team)) if team is not None else None
+        except TeamLookupError as exc:
+            raise CommandError(str(exc)) from None
         first, last = day_bounds(since, until)
         self.columns = COLUMNS_BY_ENDPOINT if by_endpoint else COLUMNS
-        totals = usage_totals_by_key_model(
-            key_prefix=key_prefix, endpoint=endpoint, by_endpoint=by_endpoint, since=first, until=last
+        rows = usage_report_rows(
+            key_prefix=key_prefix,
+            key_prefixes=key_prefixes,
+            endpoint=endpoint,
+            by_endpoint=by_endpoint,
+            since=first,
+            until=last,
         )
-        rows = [{name: row[name] for name in self.columns} for row in totals]
-        for row in rows:
-            row["cost_usd"] = format_cost(row["cost_usd"])
         getattr(self, f"write_{output_format}")(rows)
 
     def key_prefix(self, value: str) -> str:

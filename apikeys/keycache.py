@@ -39,6 +39,7 @@ class KeySnapshot:
     budget_usd: Decimal | None
     budget_period: str
     lineage: str = ""  # whose rate-limit and budget counters (see APIKey.lineage)
+    hosted_tools: frozenset = frozenset()  # hosted tool types it may use; empty = all
 
     # DRF's IsAuthenticated and request.user checks look for this.
     is_authenticated = True
@@ -50,6 +51,12 @@ class KeySnapshot:
 
     def allows_model(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
+
+    def refused_tools(self, tool_types) -> list[str]:
+        """The hosted tool types of `tool_types` this key may not use, sorted (none when it may use all)."""
+        if not self.hosted_tools:
+            return []
+        return sorted(set(tool_types) - self.hosted_tools)
 
     @classmethod
     def from_model(cls, key: APIKey) -> "KeySnapshot":
@@ -67,6 +74,7 @@ class KeySnapshot:
             budget_usd=key.budget_usd,
             budget_period=key.budget_period,
             lineage=key.lineage or key.prefix,
+            hosted_tools=frozenset(key.hosted_tools or ()),
         )
 
 

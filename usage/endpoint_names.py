@@ -6,4 +6,23 @@ check and the dashboards' order. A name recorded but missing here still shows ev
 """
 
 CHAT_COMPLETIONS = "chat.completions"
-KNOWN_ENDPOINTS: tuple[str, ...] = (CHAT_COMPLETIONS, "completions", "embeddings", "moderations")
+KNOWN_ENDPOINTS: tuple[str, ...] = (
+    CHAT_COMPLETIONS,
+    "completions",
+    "embeddings",
+    "moderations",
+    "responses",
+    "responses.input_tokens",
+    "responses.retrieve",
+    "responses.delete",
+    "responses.cancel",
+    "responses.input_items",
+    "conversations",
+    "conversations.retrieve",
+    "conversations.update",
+    "conversations.delete",
+    "conversations.items.create",
+    "conversations.items.list",
+    "conversations.items.retrieve",
+    "conversations.items.delete",
+)

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "apikeys",
     "metering",
     "usage",
+    "serverstate",
     "completions",
 ]
 

@@ -12,8 +12,15 @@ import threading
 
 logger = logging.getLogger("tollgate.lifecycle")
 
+_startup_hooks: list = []
 _shutdown_hooks: list = []
 _shutdown_done = threading.Event()
+
+
+def on_startup(fn):
+    """Run `fn` (sync or async) on the event loop when a served process starts (the ASGI lifespan)."""
+    _startup_hooks.append(fn)
+    return fn
 
 
 def on_shutdown(fn):
@@ -22,7 +29,13 @@ def on_shutdown(fn):
 
 
 async def startup() -> None:
-    return None
+    for fn in _startup_hooks:
+        try:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("startup hook %s failed", getattr(fn, "__qualname__", fn))
 
 
 async def shutdown() -> None:

@@ -61,7 +61,7 @@ def test_background_responses_hold_their_slot_and_settle_once_across_instances(p
     # Free again once it ended (the client never asked about it).
     assert second.client(raw).responses.create(model=PRICED_MODEL, input="x").status == "completed"
 
-    record = UsageRecord.objects.get(request_id=row.request_id)
+    [record] = wait_for_records(1, request_id=row.request_id)
     assert (record.endpoint, record.prompt_tokens, record.completion_tokens) == ("responses", 3, 4)
     assert not record.usage_estimated and record.cost_usd == Decimal("0.007")
 
@@ -101,7 +101,7 @@ def test_cancel_settles_at_the_real_usage_and_streams_resume(pair, make_key):
     assert cancelled.status == "cancelled"
     [row] = wait_settled([running.id])
     assert row.final_status == "cancelled"
-    record = UsageRecord.objects.get(request_id=row.request_id)
+    [record] = wait_for_records(1, request_id=row.request_id)
     assert (record.prompt_tokens, record.completion_tokens) == (3, 1) and not record.usage_estimated
 
     done = client.responses.create(

@@ -259,8 +259,8 @@ def api_key_rotation_check(*, api_key: APIKey, grace: timedelta | float | int, n
 def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: str) -> tuple[APIKey, str]:
     """Replace a key with a successor; return the successor and its raw value (shown once).
 
-    The successor copies the name, owner, notes, limits, allowed models, hosted tools, budget and expiry, and records its
-    predecessor. The old key keeps working until now + `grace` (a timedelta or seconds; 0 stops it at once),
+    The successor copies the name, owner, notes, limits, allowed models, hosted tools, budget and expiry, and
+    records its predecessor. The old key keeps working until now + `grace` (a timedelta or seconds; 0 stops it at once),
     or its own expiry if that comes first. Raises what `api_key_rotation_check` raises; nothing changes then.
     """
     api_key = APIKey.objects.select_for_update().get(pk=api_key.pk)

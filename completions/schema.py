@@ -424,7 +424,9 @@ moderation_schema = relayed_endpoint_schema(
 class ResponseCreateSerializer(serializers.Serializer):
     """The main fields of OpenAI's CreateResponse, with the checks Tollgate makes; every other field passes."""
 
-    model = serializers.CharField(validators=[RegexValidator(r"\S")], help_text="Model id; must be allowed for the key.")
+    model = serializers.CharField(
+        validators=[RegexValidator(r"\S")], help_text="Model id; must be allowed for the key."
+    )
     input = AnyJSONField(required=False, help_text="A string, or an array of input items.")
     instructions = AnyJSONField(required=False, help_text="A system (developer) message, a string.")
     stream = serializers.BooleanField(required=False, allow_null=True, help_text="`true`: typed SSE events.")
@@ -488,7 +490,9 @@ def state_endpoint_schema(
     *, summary: str, description: str, tag: str, request=None, streams: bool = False, parameters=(), forbidden=False
 ):
     """An endpoint on server-side state: the upstream's answer unchanged, ownership refusals as 404."""
-    ok = {(200, "application/json"): OpenApiResponse(response=OpenApiTypes.OBJECT, description="The upstream's answer.")}
+    ok = {
+        (200, "application/json"): OpenApiResponse(response=OpenApiTypes.OBJECT, description="The upstream's answer.")
+    }
     if streams:
         ok[(200, "text/event-stream")] = OpenApiResponse(
             response=ServerSentEventSerializer,

@@ -316,9 +316,7 @@ class ResponsesFake:
         for index, item in enumerate(final["output"]):
             if item["type"] == "message":
                 text = item["content"][0]["text"]
-                events.append(
-                    ("response.output_item.added", {"output_index": index, "item": {**item, "content": []}})
-                )
+                events.append(("response.output_item.added", {"output_index": index, "item": {**item, "content": []}}))
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
                 where = {"item_id": item["id"], "output_index": index, "content_index": 0}
                 events.append(("response.content_part.added", {**where, "part": part}))

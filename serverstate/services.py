@@ -56,9 +56,9 @@ def owned_response_usage(*, response_id: str, input_tokens: int, output_tokens: 
 
 
 def _conversation_context(lineage: str, conversation_id: str, tokens: int) -> None:
-    OwnedObject.objects.filter(
-        kind=ObjectKind.CONVERSATION, object_id=conversation_id, lineage=lineage
-    ).update(context_tokens=tokens)
+    OwnedObject.objects.filter(kind=ObjectKind.CONVERSATION, object_id=conversation_id, lineage=lineage).update(
+        context_tokens=tokens
+    )
 
 
 LEASE_SECONDS = 30

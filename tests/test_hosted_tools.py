@@ -40,7 +40,7 @@ def test_a_key_may_use_only_its_hosted_tools(gateway, fake_upstream, make_key, h
     with pytest.raises(openai.PermissionDeniedError):
         client.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": {}}])
     allowed = client.responses.create(model=MODEL, input="x", tools=[{"type": "file_search"}, FUNCTION])
-    assert [item.type for item in allowed.output][0] == "file_search_call"
+    assert next(item.type for item in allowed.output) == "file_search_call"
     records = wait_for_records(3, key_prefix=key.prefix)
     assert sorted(r.error_type for r in records) == ["", "tool_not_allowed", "tool_not_allowed"]
 

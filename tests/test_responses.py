@@ -31,13 +31,17 @@ def test_plain_create_retrieve_input_items_and_delete(client, api_key):
         client.responses.retrieve(created.id)
 
     records = {r.endpoint: r for r in wait_for_records(6, key_prefix=key.prefix)}
-    assert set(records) == {
-        "responses",
-        "responses.retrieve",
-        "responses.input_items",
-        "responses.input_tokens",
-        "responses.delete",
-    } or len(records) == 5
+    assert (
+        set(records)
+        == {
+            "responses",
+            "responses.retrieve",
+            "responses.input_items",
+            "responses.input_tokens",
+            "responses.delete",
+        }
+        or len(records) == 5
+    )
     create = records["responses"]
     assert (create.prompt_tokens, create.completion_tokens, create.reasoning_tokens) == (2, 6, 3)
     assert create.model == MODEL and not create.usage_estimated and create.status == 200

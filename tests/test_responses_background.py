@@ -46,7 +46,7 @@ def wait_settled(response_ids, timeout=20.0) -> list[BackgroundResponse]:
 
 def test_background_responses_hold_their_slot_and_settle_once_across_instances(pair, make_key):
     first, second = pair
-    key, raw = make_key(name="background", max_concurrent=1, budget_usd=Decimal("100"))
+    _key, raw = make_key(name="background", max_concurrent=1, budget_usd=Decimal("100"))
     client = first.client(raw)
     held = client.responses.create(
         model=PRICED_MODEL, input="a b c", background=True, extra_body={"fake": {"background_ms": 1500}}
@@ -92,7 +92,7 @@ def test_many_background_responses_are_settled_exactly_once(pair, make_key):
 
 def test_cancel_settles_at_the_real_usage_and_streams_resume(pair, make_key):
     first, second = pair
-    key, raw = make_key(name="cancel", budget_usd=Decimal("100"))
+    _key, raw = make_key(name="cancel", budget_usd=Decimal("100"))
     client = first.client(raw)
     running = client.responses.create(
         model=PRICED_MODEL, input="long job here", background=True, extra_body={"fake": {"background_ms": 60000}}

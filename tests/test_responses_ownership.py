@@ -46,7 +46,9 @@ def test_a_stranger_gets_the_404_of_an_unknown_id_on_every_route(gateway, fake_u
         lambda rid: stranger.responses.cancel(rid),
         lambda rid: stranger.responses.input_items.list(rid),
     ):
-        same_as_unknown(error_of(lambda c=call: c(response.id)), error_of(lambda c=call: c(unknown)), response.id, unknown)
+        same_as_unknown(
+            error_of(lambda c=call: c(response.id)), error_of(lambda c=call: c(unknown)), response.id, unknown
+        )
     for call in (
         lambda cid: stranger.conversations.retrieve(cid),
         lambda cid: stranger.conversations.update(cid, metadata={"a": "b"}),
@@ -91,7 +93,7 @@ def test_raw_404_shape_and_path_ids_are_restricted(http, api_key):
 
 
 def test_conversations_through_the_sdk_and_the_chain_is_reserved(gateway, fake_upstream, make_key):
-    key, raw = make_key(name="conversations")
+    _key, raw = make_key(name="conversations")
     client = gateway.client(raw)
     conversation = client.conversations.create(metadata={"topic": "demo"})
     assert client.conversations.update(conversation.id, metadata={"topic": "new"}).metadata == {"topic": "new"}
@@ -113,7 +115,7 @@ def test_conversations_through_the_sdk_and_the_chain_is_reserved(gateway, fake_u
 
 def test_follow_ups_reserve_the_chain_they_continue(gateway, make_key):
     """The recorded size of the chain counts against tokens per minute before the upstream answers."""
-    key, raw = make_key(name="chain", tpm=100)
+    _key, raw = make_key(name="chain", tpm=100)
     client = gateway.client(raw)
     long_text = " ".join(["word"] * 40)
     first = client.responses.create(model=MODEL, input=long_text, max_output_tokens=1)
@@ -155,7 +157,7 @@ def test_ownership_holds_on_every_instance_at_once_and_after_rotation(gateway, s
     # Rotation: the successor (and the old key, in its grace period) keep the lineage's history.
     from apikeys.models import APIKey
 
-    successor, new_raw = api_key_rotate(api_key=APIKey.objects.get(pk=key.pk), grace=3600, actor="test")
+    _successor, new_raw = api_key_rotate(api_key=APIKey.objects.get(pk=key.pk), grace=3600, actor="test")
     assert other.client(new_raw).responses.retrieve(created.id).id == created.id
     assert gateway.client(new_raw).responses.retrieve(response_id).id == response_id
     assert on_second.responses.retrieve(created.id).id == created.id

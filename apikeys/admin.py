@@ -48,6 +48,7 @@ FORM_TO_SERVICE = {
     "tpm": "tpm",
     "max_concurrent": "max_concurrent",
     "allowed_models": "allowed_models",
+    "hosted_tools": "hosted_tools",
     "expiry_date": "expires",
     "budget_usd": "budget_usd",
     "budget_period": "budget_period",
@@ -111,6 +112,11 @@ class APIKeyForm(forms.ModelForm):
 
     allowed_models = ModelListField(
         required=False, help_text="Model ids this key may use, separated by commas or new lines. Empty: every model."
+    )
+    hosted_tools = ModelListField(
+        required=False,
+        help_text="Hosted tool types this key may use (web_search, file_search, code_interpreter, image_generation, "
+        "mcp, ...), separated by commas or new lines. Empty: every hosted tool. Function tools are always allowed.",
     )
 
     class Meta:
@@ -182,13 +188,13 @@ class APIKeyAdmin(admin.ModelAdmin):
     ordering = ("-created",)
     add_fieldsets = (
         (None, {"fields": ("name", "team", "owner", "notes")}),
-        ("Limits", {"fields": ("rpm", "tpm", "max_concurrent", "allowed_models")}),
+        ("Limits", {"fields": ("rpm", "tpm", "max_concurrent", "allowed_models", "hosted_tools")}),
         ("Budget", {"fields": ("budget_usd", "budget_period", "alert_thresholds")}),
         ("Expiry", {"fields": ("expiry_date",)}),
     )
     change_fieldsets = (
         (None, {"fields": ("name", "prefix", "team", "status_badge", "owner", "notes")}),
-        ("Limits", {"fields": ("rpm", "tpm", "max_concurrent", "allowed_models")}),
+        ("Limits", {"fields": ("rpm", "tpm", "max_concurrent", "allowed_models", "hosted_tools")}),
         ("Budget", {"fields": ("budget_usd", "budget_period", "alert_thresholds")}),
         (
             "Lifecycle",

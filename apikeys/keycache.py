@@ -67,6 +67,7 @@ class KeySnapshot:
     budget_period: str
     lineage: str = ""  # whose rate-limit and budget counters (see APIKey.lineage)
     team: TeamSnapshot | None = None
+    hosted_tools: frozenset = frozenset()  # hosted tool types it may use; empty = all
 
     # DRF's IsAuthenticated and request.user checks look for this.
     is_authenticated = True
@@ -91,6 +92,12 @@ class KeySnapshot:
         team = self.team
         return team is None or not team.allowed_models or model in team.allowed_models
 
+    def refused_tools(self, tool_types) -> list[str]:
+        """The hosted tool types of `tool_types` this key may not use, sorted (none when it may use all)."""
+        if not self.hosted_tools:
+            return []
+        return sorted(set(tool_types) - self.hosted_tools)
+
     @classmethod
     def from_model(cls, key: APIKey) -> "KeySnapshot":
         return cls(
@@ -108,6 +115,7 @@ class KeySnapshot:
             budget_period=key.budget_period,
             lineage=key.lineage or key.prefix,
             team=TeamSnapshot.from_model(key.team) if key.team_id else None,
+            hosted_tools=frozenset(key.hosted_tools or ()),
         )
 
 

@@ -87,6 +87,12 @@ class APIKey(AbstractAPIKey):
 
     # MODELS (empty list = every model)
     allowed_models = models.JSONField(default=list, blank=True, help_text="Model ids this key may use; empty = all.")
+    # HOSTED TOOLS (empty list = every hosted tool; function tools are the client's own and always allowed)
+    hosted_tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Hosted tool types (`tools[].type`: web_search, file_search, ...) this key may use; empty = all.",
+    )
 
     # BUDGET (null = no cap)
     budget_usd = models.DecimalField(

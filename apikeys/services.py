@@ -33,6 +33,7 @@ EDITABLE_FIELDS = {
     "tpm": "tpm",
     "max_concurrent": "max_concurrent",
     "allowed_models": "allowed_models",
+    "hosted_tools": "hosted_tools",
     "expires": "expiry_date",
     "budget_usd": "budget_usd",
     "budget_period": "budget_period",
@@ -163,6 +164,12 @@ def api_key_clean_fields(**fields) -> dict:
             value = _clean_limit(field, value)
         elif field == "allowed_models":
             value = _clean_models(field, value)
+        elif field == "hosted_tools":
+            if isinstance(value, str) or not all(isinstance(t, str) for t in value or ()):
+                raise KeyInputError(field, "hosted tools must be a list of tool types.")
+            value = sorted({t.strip() for t in (value or ()) if t.strip()})
+            if any(not t.replace("_", "").isalnum() for t in value):
+                raise KeyInputError(field, "a hosted tool type is made of letters, digits and underscores.")
         elif field == "expires":
             if value is not None:
                 if not isinstance(value, datetime):
@@ -193,6 +200,7 @@ def api_key_create(
     tpm: int | None = None,
     max_concurrent: int | None = None,
     allowed_models: list[str] | None = None,
+    hosted_tools: list[str] | None = None,
     expires: datetime | None = None,
     budget_usd: Decimal | None = None,
     budget_period: str = BudgetPeriod.MONTH,
@@ -209,6 +217,7 @@ def api_key_create(
         tpm=tpm,
         max_concurrent=max_concurrent,
         allowed_models=allowed_models,
+        hosted_tools=hosted_tools,
         expires=expires,
         budget_usd=budget_usd,
         budget_period=budget_period,
@@ -301,9 +310,9 @@ def api_key_rotation_check(*, api_key: APIKey, grace: timedelta | float | int, n
 def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: str) -> tuple[APIKey, str]:
     """Replace a key with a successor; return the successor and its raw value (shown once).
 
-    The successor copies the name, owner, notes, limits, allowed models, budget, expiry, team and alert
-    thresholds, and records its
-    predecessor. The old key keeps working until now + `grace` (a timedelta or seconds; 0 stops it at once),
+    The successor copies the name, owner, notes, limits, allowed models, hosted tools, budget, expiry, team and
+    alert thresholds, and records its predecessor. The old key keeps working until now + `grace` (a timedelta or
+    seconds; 0 stops it at once),
     or its own expiry if that comes first. Raises what `api_key_rotation_check` raises; nothing changes then.
     """
     api_key = APIKey.objects.select_for_update().get(pk=api_key.pk)
@@ -320,6 +329,7 @@ def api_key_rotate(*, api_key: APIKey, grace: timedelta | float | int, actor: st
         tpm=api_key.tpm,
         max_concurrent=api_key.max_concurrent,
         allowed_models=list(api_key.allowed_models or []),
+        hosted_tools=list(api_key.hosted_tools or []),
         expiry_date=api_key.expiry_date,
         budget_usd=api_key.budget_usd,
         budget_period=api_key.budget_period,

@@ -1,6 +1,6 @@
 """`make bench`: what Tollgate adds in front of an upstream, measured side by side with the upstream alone.
 
-    python bench/run.py [--quick] [--workers N] [--only plain,embeddings,completions,streams] [--duration S]
+    python bench/run.py [--quick] [--workers N] [--only plain,embeddings,completions,responses,streams] [--duration S]
                         [--out FILE]
 
 Starts, on loopback only, the bundled fake upstream (`python -m fakeupstream --no-record`) and the production
@@ -102,11 +102,17 @@ ENDPOINTS = {
         {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 16},
         "text_completion",
     ),
+    "responses": Endpoint(
+        "/v1/responses",
+        "responses.lua",
+        {"model": "gpt-4o-mini", "input": "hi", "store": False},
+        "response",
+    ),
 }
 
 # The `--only` choices, in the order a full run measures them. "plain" is chat; "completions" is the legacy
 # endpoint.
-CASES = ("plain", "embeddings", "completions", "streams")
+CASES = ("plain", "embeddings", "completions", "responses", "streams")
 ENDPOINT_CONNECTIONS = 16
 
 
@@ -797,7 +803,7 @@ def print_report(results: dict) -> None:
                 )
         else:
             w(f"Database: {database.get('note', 'not measured')}\n")
-    endpoints = [(name, results[name]) for name in ("embeddings", "completions") if name in results]
+    endpoints = [(name, results[name]) for name in ("embeddings", "completions", "responses") if name in results]
     if endpoints:
         if plain:
             # The chat row again, so the three endpoints read side by side.
@@ -951,7 +957,7 @@ def main(argv=None) -> int:
         results["meta"].update(database=bench.db.vendor, redis=bool(bench.redis_url))
         if "plain" in args.only:
             results["plain"] = bench.plain()
-        for endpoint in ("embeddings", "completions"):
+        for endpoint in ("embeddings", "completions", "responses"):
             if endpoint in args.only:
                 results[endpoint] = bench.endpoint(endpoint)
         if "streams" in args.only:

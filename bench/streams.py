@@ -219,6 +219,9 @@ class StreamResult:
         self.status = 0
         self.error = ""
 
+    # The event that ends a complete stream: chat's `[DONE]`, or the Responses API's terminal event (`--api`).
+    end_marker = b"data: [DONE]"
+
     def on_body(self, piece: bytes):
         self.pending += piece
         if b"\n\n" not in self.pending:
@@ -228,7 +231,7 @@ class StreamResult:
         *events, self.pending = self.pending.split(b"\n\n")
         self.events += len(events)
         if not self.done:
-            self.done = any(event.startswith(b"data: [DONE]") for event in events)
+            self.done = any(event.startswith(self.end_marker) for event in events)
 
 
 async def one_stream(url: str, request: bytes, timeout: float) -> StreamResult:
@@ -265,6 +268,13 @@ async def one_stream(url: str, request: bytes, timeout: float) -> StreamResult:
 
 async def run_streams(args) -> dict:
     body = dict(PLAIN_BODY, stream=True, fake={"chunks": args.chunks, "chunk_delay_ms": args.chunk_delay_ms})
+    if args.api == "responses":
+        # The fake's Responses stream sends one text delta per word of its reply (`echo: ` + the input), each
+        # `chunk_delay_ms` apart; `store: false` as Codex sends it.
+        words = " ".join(["w"] * max(args.chunks - 1, 1))
+        body = {"model": PLAIN_BODY["model"], "input": words, "stream": True, "store": False}
+        body["fake"] = {"chunk_delay_ms": args.chunk_delay_ms}
+        StreamResult.end_marker = b"event: response.completed"
     request = build_request(args.url, args.key, json.dumps(body).encode())
     timeout = args.chunks * args.chunk_delay_ms / 1000 + args.timeout
     started = now()
@@ -389,6 +399,9 @@ def main(argv=None) -> int:
     streams.add_argument("--chunks", type=int, default=100)
     streams.add_argument("--chunk-delay-ms", type=int, default=100)
     streams.add_argument("--timeout", type=float, default=60.0, help="seconds allowed beyond the stream's length")
+    streams.add_argument(
+        "--api", choices=("chat", "responses"), default="chat", help="chat completions or Responses typed events"
+    )
     paced = sub.add_parser("paced")
     paced.add_argument("--rate", type=float, default=500.0)
     paced.add_argument("--duration", type=float, default=5.0)

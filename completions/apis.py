@@ -27,9 +27,11 @@ class RawJSONParser(BaseParser):
 
 
 class RelayApi(AsyncAPIView):
-    """POST to a relayed endpoint: authenticate, then the relay's pipeline (`completions.relay`)."""
+    """A relayed route: authenticate, then the relay's pipeline (`completions.relay`) for the endpoint declared
+    for the request's method (a route such as `/v1/responses/{id}` serves GET and DELETE)."""
 
-    endpoint: Endpoint
+    endpoint: Endpoint  # the POST endpoint (or the route's only one)
+    endpoints: dict[str, Endpoint]  # by HTTP method
     authentication_classes = [BearerAPIKeyAuthentication]
     permission_classes = []  # authentication raises by itself for a missing or bad key
     parser_classes = [RawJSONParser]
@@ -37,8 +39,17 @@ class RelayApi(AsyncAPIView):
     throttle_classes = []
 
     async def post(self, request, *args, **kwargs):
-        outcome = RequestOutcome(request_id=request._request.request_id, key=request.auth, endpoint=self.endpoint.name)
-        pipeline = relay(self.endpoint, request, outcome)
+        return await self.relay(self.endpoints["POST"], request, kwargs)
+
+    async def get(self, request, *args, **kwargs):
+        return await self.relay(self.endpoints["GET"], request, kwargs)
+
+    async def delete(self, request, *args, **kwargs):
+        return await self.relay(self.endpoints["DELETE"], request, kwargs)
+
+    async def relay(self, endpoint: Endpoint, request, params: dict):
+        outcome = RequestOutcome(request_id=request._request.request_id, key=request.auth, endpoint=endpoint.name)
+        pipeline = relay(endpoint, request, outcome, params)
         head = await pipeline.__anext__()
         if head.body is None:
             return StreamingHttpResponse(
@@ -49,14 +60,43 @@ class RelayApi(AsyncAPIView):
         return HttpResponse(head.body, status=head.status, content_type=head.content_type, headers=head.headers)
 
 
-def relay_api(endpoint: Endpoint) -> type[RelayApi]:
-    """The view class of `endpoint`, named after it (`EmbeddingsApi`) and described by its schema."""
-    name = "".join(part.capitalize() for part in endpoint.name.replace("_", ".").split(".")) + "Api"
-    view = type(name, (RelayApi,), {"endpoint": endpoint, "__doc__": f"POST {', '.join(endpoint.paths)}."})
-    return endpoint.schema(view) if endpoint.schema is not None else view
+def relay_api(*endpoints: Endpoint) -> type[RelayApi]:
+    """The view class of one route, serving each of `endpoints` on its method, named after the first
+    (`EmbeddingsApi`) and described by each endpoint's schema on its method."""
+    first = endpoints[0]
+    name = "".join(part.capitalize() for part in first.name.replace("_", ".").split(".")) + "Api"
+    by_method = {endpoint.method: endpoint for endpoint in endpoints}
+    attributes: dict = {
+        "endpoint": by_method.get("POST", first),
+        "endpoints": by_method,
+        "http_method_names": [method.lower() for method in by_method],
+        "__doc__": "; ".join(f"{endpoint.method} {', '.join(endpoint.paths)}" for endpoint in endpoints) + ".",
+    }
+    if len(endpoints) == 1:
+        view = type(name, (RelayApi,), attributes)
+        return first.schema(view) if first.schema is not None else view
+    for endpoint in endpoints:
+        handler_name = endpoint.method.lower()
+        handler = getattr(RelayApi, handler_name)
+
+        async def handle(self, request, *args, _handler=handler, **kwargs):
+            return await _handler(self, request, *args, **kwargs)
+
+        handle.__name__ = handler_name
+        attributes[handler_name] = endpoint.schema(handle) if endpoint.schema is not None else handle
+    return type(name, (RelayApi,), attributes)
 
 
-RELAY_APIS = {endpoint.name: relay_api(endpoint) for endpoint in ENDPOINTS}
+def routes() -> dict[str, list[Endpoint]]:
+    """Every declared route (a path) and the endpoints it serves, in declaration order."""
+    found: dict[str, list[Endpoint]] = {}
+    for endpoint in ENDPOINTS:
+        for route in endpoint.paths:
+            found.setdefault(route, []).append(endpoint)
+    return found
+
+
+RELAY_APIS = {route: relay_api(*endpoints) for route, endpoints in routes().items()}
 
 
 @model_list_schema

@@ -12,3 +12,11 @@ class CompletionsConfig(AppConfig):
         from .endpoints import ENDPOINTS
 
         register(endpoint.name for endpoint in ENDPOINTS)
+
+        # Every served worker follows the background responses of every instance (each claimed by one at a time).
+        from core import lifecycle
+
+        from .background import follower
+
+        lifecycle.on_startup(follower.start)
+        lifecycle.on_shutdown(follower.stop)

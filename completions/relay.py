@@ -17,6 +17,14 @@ The view (`completions.apis.RelayApi`) drives the generator: a plain answer is r
 is returned; a stream is handed to Django wrapped in `RelayStream`, whose `close()` finishes the generator at once
 when the response is closed early.
 
+Endpoints on server-side state add three steps, all declared (`Endpoint.owned`, `references`, `creates`): before
+admission, every object the path or the body names must be owned by the key's lineage (`serverstate`), else a
+404 that reads exactly like an unknown id's, and nothing reaches the upstream; a follow-up reserves the recorded
+size of the chain it continues on top of its own input; and the id of an object the answer creates is recorded
+as the lineage's before the answer is handed out (a stream: before its `response.created` event is relayed). A
+created object that outlives the request (a background response) takes the admission with it: its concurrency
+slot and reservations stay held, and `completions.background` settles them once, when it ends.
+
 Usage comes from the upstream (`Endpoint.read_usage`, the stream dialect). Without it — a stream cut short, a
 client gone, a malformed usage object — the request is recorded with an estimate and flagged `usage_estimated`:
 the input estimate, and for a stream one output token per relayed piece of text.
@@ -28,17 +36,31 @@ from dataclasses import dataclass, field
 
 import httpx2
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from core import metrics
-from core.errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout
+from core.errors import (
+    ModelNotFound,
+    ObjectNotFound,
+    OpenAIError,
+    ServiceUnavailable,
+    ToolNotAllowed,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from core.outcome import ErrorType, RequestOutcome, outcome_finish
-from metering.throttling import admit
+from metering.throttling import Admission, admit
+from serverstate.models import BackgroundResponse
+from serverstate.selectors import owned_objects_find
+from serverstate.services import owned_object_record, owned_response_usage
 
-from .endpoints.base import Endpoint
+from .endpoints.base import Endpoint, Owned
 from .sse import StreamState
 from .upstream import open_upstream
 from .usage import BadUsage, Usage
+from .validation import ParsedRequest, conversation_of
 
 logger = logging.getLogger("tollgate.relay")
 
@@ -62,29 +84,46 @@ class Head:
     body: bytes | None = None
 
 
-async def relay(endpoint: Endpoint, request, outcome: RequestOutcome):
-    """The pipeline for one authenticated request (see the module docstring). Raises `OpenAIError` (or DRF's
-    errors) before the `Head` for every refusal and upstream failure; after the `Head` of a stream, failures
-    become the stream's last event."""
+async def relay(endpoint: Endpoint, request, outcome: RequestOutcome, params: dict | None = None):
+    """The pipeline for one authenticated request (see the module docstring); `params` are the route's path
+    parameters. Raises `OpenAIError` (or DRF's errors) before the `Head` for every refusal and upstream failure;
+    after the `Head` of a stream, failures become the stream's last event."""
     admission = None
     state = None  # a stream's, once its head is handed out
+    owner: _Owner | None = None
     try:
         parsed = endpoint.parse(request._request.body)
+        query = endpoint.read_query(parsed, request._request.GET) if endpoint.read_query is not None else ""
         outcome.model = parsed.model
         outcome.streamed = parsed.stream
         if settings.LOG_PROMPTS:
             outcome.prompt_messages = parsed.data.get(endpoint.log_field)
-        if not request.auth.allows_model(parsed.model):
+        key = request.auth
+        if parsed.model and not key.allows_model(parsed.model):
             raise ModelNotFound(
                 f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
             )
-        input_estimate = endpoint.estimate_input(parsed)
-        admission = admit(key=request.auth, demand=endpoint.demand(parsed, input_estimate), outcome=outcome)
+        if endpoint.hosted_tools is not None:
+            refused = key.refused_tools(endpoint.hosted_tools(parsed))
+            if refused:
+                raise ToolNotAllowed(
+                    f"This API key may not use the hosted tool type `{refused[0]}` (allowed: "
+                    f"{', '.join(sorted(key.hosted_tools))}).",
+                    param="tools",
+                )
+        chains = await _check_owned(endpoint, parsed, key, params or {})
+        input_estimate = endpoint.estimate_input(parsed) + chains
+        admission = admit(key=key, demand=endpoint.demand(parsed, input_estimate), outcome=outcome)
+        if endpoint.creates is not None:
+            owner = _Owner(endpoint, parsed, key, outcome, admission, input_estimate)
         async with admission:
-            upstream = await open_upstream(endpoint.upstream_path, parsed.forward_body)
+            upstream_path = endpoint.upstream_path.format(**params) if params else endpoint.upstream_path
+            upstream = await open_upstream(upstream_path, parsed.forward_body, method=endpoint.method, query=query)
             outcome.upstream_request_id = upstream.headers.get("x-request-id", "")
             if not parsed.stream:
-                content = await _read_plain(endpoint, upstream, outcome, input_estimate)
+                content, answer = await _read_plain(endpoint, upstream, outcome, input_estimate)
+                if owner is not None and answer is not None and upstream.status_code == 200:
+                    await owner.record(answer.get("id"))
             else:
                 if not upstream.headers.get("content-type", "").lower().startswith("text/event-stream"):
                     # A 200 that is not a stream (a proxy's HTML page, a JSON body) has started nothing: a 502
@@ -103,6 +142,9 @@ async def relay(endpoint: Endpoint, request, outcome: RequestOutcome):
                         try:
                             async for chunk in upstream.aiter_raw():
                                 out = dialect.cut(state, chunk)
+                                if owner is not None and state.created_id is not None and not owner.recorded:
+                                    # Owned before anyone can learn the id from the stream.
+                                    await owner.record(state.created_id)
                                 if out:
                                     outcome.mark_first_byte()
                                     yield out
@@ -122,7 +164,10 @@ async def relay(endpoint: Endpoint, request, outcome: RequestOutcome):
                     try:
                         await upstream.aclose()
                     finally:
-                        _take_stream_usage(state, outcome, input_estimate)
+                        if endpoint.metered:
+                            _take_stream_usage(state, outcome, input_estimate)
+                        if owner is not None:
+                            owner.usage_known(state)
         if state is None:
             outcome.status = upstream.status_code
             # After settling: the tokens left reflect the real usage.
@@ -142,8 +187,11 @@ async def relay(endpoint: Endpoint, request, outcome: RequestOutcome):
         outcome_finish(outcome)
 
 
-async def _read_plain(endpoint: Endpoint, upstream, outcome: RequestOutcome, input_estimate: int) -> bytes:
-    """The whole answer, its usage taken into the outcome (an estimate, flagged, when it reports none)."""
+async def _read_plain(
+    endpoint: Endpoint, upstream, outcome: RequestOutcome, input_estimate: int
+) -> tuple[bytes, dict | None]:
+    """The whole answer and its JSON object, its usage taken into the outcome (an estimate, flagged, when it
+    reports none; nothing for an endpoint that is not `metered`)."""
     try:
         content = await upstream.aread()
     except httpx2.TimeoutException:
@@ -158,6 +206,12 @@ async def _read_plain(endpoint: Endpoint, upstream, outcome: RequestOutcome, inp
     finally:
         await upstream.aclose()
     outcome.mark_first_byte()
+    if not endpoint.metered:
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            body = None
+        return content, body if isinstance(body, dict) else None
     try:
         body = orjson.loads(content)
         usage = endpoint.read_usage(body) if isinstance(body, dict) else None
@@ -171,7 +225,111 @@ async def _read_plain(endpoint: Endpoint, upstream, outcome: RequestOutcome, inp
         _estimate(outcome, input_estimate)
     else:
         _take_usage(outcome, usage)
-    return content
+    return content, body if isinstance(body, dict) else None
+
+
+def not_found_message(owned: Owned) -> str:
+    """What an id the key's lineage does not own answers: OpenAI's own words for an id that does not exist."""
+    if owned.param == "previous_response_id":
+        return f"Previous response with id '{owned.object_id}' not found."
+    return f"{owned.kind.capitalize()} with id '{owned.object_id}' not found."
+
+
+async def _check_owned(endpoint: Endpoint, parsed: ParsedRequest, key, params: dict) -> int:
+    """Refuse (404, as for an unknown id) any object the path or body names that the key's lineage does not own.
+    Returns the recorded size of the chains the body's references continue (tokens the upstream will add)."""
+    wanted = list(endpoint.references(parsed))
+    if endpoint.owned is not None:
+        wanted.insert(0, Owned(endpoint.owned.kind, params[endpoint.owned.parameter]))
+    if not wanted:
+        return 0
+    try:
+        found = await sync_to_async(owned_objects_find, thread_sensitive=False)(
+            lineage=key.lineage, wanted=[(item.kind, item.object_id) for item in wanted]
+        )
+    except DatabaseError:
+        raise ServiceUnavailable("Tollgate cannot check who owns this object right now; try again shortly.") from None
+    for item in wanted:
+        if (item.kind, item.object_id) not in found:
+            raise ObjectNotFound(not_found_message(item), param=item.param)
+    return sum(found[item.kind, item.object_id].chain_tokens for item in wanted if item.param is not None)
+
+
+_usage_updates: set = set()  # strong references to ownership usage updates running in the background
+
+
+class _Owner:
+    """Records the object a request creates as its key lineage's (`Endpoint.creates`), once, and hands the
+    admission of one that outlives the request (a background response) to `completions.background`."""
+
+    __slots__ = ("admission", "endpoint", "input_estimate", "key", "object_id", "outcome", "parsed", "recorded")
+
+    def __init__(self, endpoint, parsed, key, outcome, admission: Admission, input_estimate: int):
+        self.endpoint = endpoint
+        self.parsed = parsed
+        self.key = key
+        self.outcome = outcome
+        self.admission = admission
+        self.input_estimate = input_estimate
+        self.recorded = False
+        self.object_id: str | None = None
+
+    async def record(self, object_id) -> None:
+        self.recorded = True
+        if not isinstance(object_id, str) or not object_id:
+            return
+        endpoint, parsed, key, outcome = self.endpoint, self.parsed, self.key, self.outcome
+        background = None
+        if endpoint.outlives(parsed):
+            background = BackgroundResponse(
+                response_id=object_id,
+                request_id=outcome.request_id,
+                api_key_id=key.id,
+                key_prefix=key.prefix,
+                key_name=key.name,
+                lineage=key.lineage,
+                endpoint=endpoint.name,
+                model=parsed.model,
+                streamed=parsed.stream,
+                input_estimate=self.input_estimate,
+                admission=self.admission.hand_over(),
+            )
+        elif parsed.data.get("store") is False:
+            return  # nothing is kept upstream: there is nothing to own
+        known = not parsed.stream and background is None and not outcome.usage_estimated
+        try:
+            await sync_to_async(owned_object_record, thread_sensitive=False)(
+                kind=endpoint.creates,
+                object_id=object_id,
+                lineage=key.lineage,
+                key_prefix=key.prefix,
+                request_id=outcome.request_id,
+                input_tokens=outcome.prompt_tokens if known else None,
+                output_tokens=outcome.completion_tokens if known else None,
+                conversation_id=conversation_of(parsed.data) or "",
+                background=background,
+            )
+        except DatabaseError:
+            if background is not None:
+                self.admission.take_back()
+            logger.exception("could not record the owner of %s %s", endpoint.creates, object_id)
+            raise ServiceUnavailable(
+                "Tollgate could not record the owner of the new object; it was not handed out. Try again shortly."
+            ) from None
+        self.object_id = object_id
+        if background is not None:
+            outcome.usage_deferred = True
+
+    def usage_known(self, state: StreamState) -> None:
+        """A stream's usage is known (its end): record the response's size for follow-ups, in the background."""
+        if self.object_id is None or self.outcome.usage_deferred or state.usage is None:
+            return
+        update = sync_to_async(owned_response_usage, thread_sensitive=False)(
+            response_id=self.object_id, input_tokens=state.usage.input_tokens, output_tokens=state.usage.output_tokens
+        )
+        task = asyncio.ensure_future(update)
+        _usage_updates.add(task)
+        task.add_done_callback(_usage_updates.discard)
 
 
 def _take_stream_usage(state: StreamState, outcome: RequestOutcome, input_estimate: int) -> None:
@@ -187,6 +345,8 @@ def _take_usage(outcome: RequestOutcome, usage: Usage) -> None:
     outcome.prompt_tokens = usage.input_tokens
     outcome.cached_tokens = usage.cached_tokens
     outcome.completion_tokens = usage.output_tokens
+    outcome.reasoning_tokens = usage.reasoning_tokens
+    outcome.hosted_tool_calls = dict(usage.hosted_tool_calls)
 
 
 def _estimate(outcome: RequestOutcome, input_estimate: int, output_tokens: int = 0) -> None:
@@ -194,6 +354,7 @@ def _estimate(outcome: RequestOutcome, input_estimate: int, output_tokens: int =
     outcome.prompt_tokens = input_estimate
     outcome.cached_tokens = 0
     outcome.completion_tokens = output_tokens
+    outcome.reasoning_tokens = 0
 
 
 def _fail(outcome: RequestOutcome, exc: BaseException, state: StreamState | None) -> None:

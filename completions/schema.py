@@ -510,3 +510,189 @@ moderation_schema = relayed_endpoint_schema(
     request=ModerationCreateSerializer,
     streams=False,
 )
+
+
+# The Responses API and conversations
+
+
+class ResponseCreateSerializer(serializers.Serializer):
+    """The main fields of OpenAI's CreateResponse, with the checks Tollgate makes; every other field passes."""
+
+    model = serializers.CharField(
+        validators=[RegexValidator(r"\S")], help_text="Model id; must be allowed for the key."
+    )
+    input = AnyJSONField(required=False, help_text="A string, or an array of input items.")
+    instructions = AnyJSONField(required=False, help_text="A system (developer) message, a string.")
+    stream = serializers.BooleanField(required=False, allow_null=True, help_text="`true`: typed SSE events.")
+    background = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        help_text="`true`: answered at once (`queued`); Tollgate holds the key's concurrency slot and reservations "
+        "until the response ends, then settles it at its real usage.",
+    )
+    store = serializers.BooleanField(required=False, allow_null=True)
+    previous_response_id = serializers.CharField(
+        required=False, allow_null=True, help_text="Must be a response this key's lineage created (else 404)."
+    )
+    conversation = AnyJSONField(
+        required=False, help_text="A conversation id (or `{id}`) this key's lineage created (else 404)."
+    )
+    tools = AnyJSONField(
+        required=False,
+        help_text="Hosted tool types must be allowed for the key (else 403, `param: tools`); function tools always "
+        "are. Hosted tool calls are priced per call.",
+    )
+    max_output_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    max_tool_calls = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31 - 1)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    top_logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=20)
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+
+
+class InputTokensSerializer(serializers.Serializer):
+    model = serializers.CharField(required=False, validators=[RegexValidator(r"\S")])
+    input = AnyJSONField(required=False)
+    previous_response_id = serializers.CharField(required=False, allow_null=True)
+    conversation = AnyJSONField(required=False)
+    tools = AnyJSONField(required=False)
+
+
+class ConversationSerializer(serializers.Serializer):
+    items = serializers.ListField(child=serializers.DictField(), required=False, max_length=20)
+    metadata = serializers.DictField(required=False, allow_null=True)
+
+
+class ConversationItemsSerializer(serializers.Serializer):
+    items = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=20)
+
+
+def _path_parameter(name: str, what: str) -> OpenApiParameter:
+    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.PATH, description=what)
+
+
+RESPONSE_ID = _path_parameter("response_id", "A response this key's lineage created (any other id: 404).")
+CONVERSATION_ID = _path_parameter("conversation_id", "A conversation this key's lineage created (else 404).")
+ITEM_ID = _path_parameter("item_id", "An item of the conversation.")
+NOT_OWNED = _error(
+    "An id this key's lineage did not create answers exactly like an id that does not exist: OpenAI's 404 "
+    "(`param` names the body field for `previous_response_id` and `conversation`)."
+)
+
+
+def state_endpoint_schema(
+    *, summary: str, description: str, tag: str, request=None, streams: bool = False, parameters=(), forbidden=False
+):
+    """An endpoint on server-side state: the upstream's answer unchanged, ownership refusals as 404."""
+    ok = {
+        (200, "application/json"): OpenApiResponse(response=OpenApiTypes.OBJECT, description="The upstream's answer.")
+    }
+    if streams:
+        ok[(200, "text/event-stream")] = OpenApiResponse(
+            response=ServerSentEventSerializer,
+            description="Typed events: `event: <type>` then `data: <json>` (with `type` and `sequence_number`), "
+            "ended by `response.completed`, `response.incomplete`, `response.failed` or `error`. A failure after "
+            "the stream began is a last `event: error` (`{type, code, message, param, sequence_number}`).",
+        )
+    responses = {
+        **ok,
+        400: _error("Invalid JSON or parameters (`param` names the field); type `invalid_request_error`."),
+        **AUTH_ERRORS,
+        404: NOT_OWNED,
+        429: _error("A rate limit, a spent budget, or the upstream's own 429."),
+        **UPSTREAM_ERRORS,
+    }
+    if forbidden:
+        responses[403] = _error("A hosted tool type the key may not use (code `tool_not_allowed`, `param: tools`).")
+    return extend_schema(
+        summary=summary,
+        description=description,
+        tags=[tag],
+        request=request,
+        parameters=[*RESPONSE_HEADERS, *parameters],
+        responses=responses,
+    )
+
+
+response_create_schema = state_endpoint_schema(
+    summary="Create a response",
+    description="OpenAI's `POST /responses`: plain, `stream: true` (typed events) or `background: true`. The "
+    "response belongs to the key's lineage. A follow-up reserves the recorded size of the chain it continues plus "
+    "its input; usage (with cached and reasoning tokens) and hosted tool calls are recorded and priced.",
+    tag="responses",
+    request=ResponseCreateSerializer,
+    streams=True,
+    forbidden=True,
+)
+response_retrieve_schema = state_endpoint_schema(
+    summary="Retrieve a response",
+    description="`GET /responses/{id}`; with `?stream=true&starting_after=N`, the response's events from N on.",
+    tag="responses",
+    streams=True,
+    parameters=[
+        RESPONSE_ID,
+        OpenApiParameter("stream", OpenApiTypes.BOOL, OpenApiParameter.QUERY),
+        OpenApiParameter("starting_after", OpenApiTypes.INT, OpenApiParameter.QUERY),
+    ],
+)
+response_delete_schema = state_endpoint_schema(
+    summary="Delete a response", description="`DELETE /responses/{id}`.", tag="responses", parameters=[RESPONSE_ID]
+)
+response_cancel_schema = state_endpoint_schema(
+    summary="Cancel a background response",
+    description="`POST /responses/{id}/cancel`; the response is settled at its real usage.",
+    tag="responses",
+    parameters=[RESPONSE_ID],
+)
+response_input_items_schema = state_endpoint_schema(
+    summary="List a response's input items",
+    description="`GET /responses/{id}/input_items` (`after`, `limit`, `order`, `include`).",
+    tag="responses",
+    parameters=[RESPONSE_ID],
+)
+response_input_tokens_schema = state_endpoint_schema(
+    summary="Count input tokens",
+    description="`POST /responses/input_tokens`: free, one request against requests per minute.",
+    tag="responses",
+    request=InputTokensSerializer,
+)
+conversation_create_schema = state_endpoint_schema(
+    summary="Create a conversation",
+    description="`POST /conversations`; the conversation belongs to the key's lineage. Free.",
+    tag="conversations",
+    request=ConversationSerializer,
+)
+conversation_retrieve_schema = state_endpoint_schema(
+    summary="Retrieve a conversation", description="`GET /conversations/{id}`.", tag="conversations",
+    parameters=[CONVERSATION_ID],
+)  # fmt: skip
+conversation_update_schema = state_endpoint_schema(
+    summary="Update a conversation",
+    description="`POST /conversations/{id}` (its `metadata`).",
+    tag="conversations",
+    request=ConversationSerializer,
+    parameters=[CONVERSATION_ID],
+)
+conversation_delete_schema = state_endpoint_schema(
+    summary="Delete a conversation", description="`DELETE /conversations/{id}`.", tag="conversations",
+    parameters=[CONVERSATION_ID],
+)  # fmt: skip
+conversation_items_create_schema = state_endpoint_schema(
+    summary="Add items to a conversation",
+    description="`POST /conversations/{id}/items` (up to 20 items).",
+    tag="conversations",
+    request=ConversationItemsSerializer,
+    parameters=[CONVERSATION_ID],
+)
+conversation_items_list_schema = state_endpoint_schema(
+    summary="List a conversation's items", description="`GET /conversations/{id}/items`.", tag="conversations",
+    parameters=[CONVERSATION_ID],
+)  # fmt: skip
+conversation_item_retrieve_schema = state_endpoint_schema(
+    summary="Retrieve a conversation item", description="`GET /conversations/{id}/items/{item_id}`.",
+    tag="conversations", parameters=[CONVERSATION_ID, ITEM_ID],
+)  # fmt: skip
+conversation_item_delete_schema = state_endpoint_schema(
+    summary="Delete a conversation item", description="`DELETE /conversations/{id}/items/{item_id}`.",
+    tag="conversations", parameters=[CONVERSATION_ID, ITEM_ID],
+)  # fmt: skip

@@ -101,3 +101,41 @@ def estimate_completion_tokens_from_text(events: list) -> int:
     nothing.
     """
     return sum(len(_GENERATED_TEXT.findall(event)) for event in events)
+
+
+# Fields of Responses API input items that carry text the model reads.
+_RESPONSE_TEXT_FIELDS = ("text", "content", "output", "arguments", "instructions", "summary")
+
+
+def estimate_response_input(data: dict) -> int:
+    """Input tokens of a Responses API request: its `instructions` and the text of its `input` (a string, or items:
+    messages with string or part contents, function call outputs and arguments), with chat's per-message overhead.
+    Images, files and what a `previous_response_id` or `conversation` carries are not counted here (the chain's
+    recorded size is added by the relay)."""
+    encode = _encoding().encode_ordinary
+    total = 0
+    texts: list[str] = []
+    instructions = data.get("instructions")
+    if isinstance(instructions, str):
+        texts.append(instructions)
+    value = data.get("input")
+    if isinstance(value, str):
+        texts.append(value)
+        total += TOKENS_PER_MESSAGE
+    elif isinstance(value, list):
+        for item in value:
+            total += TOKENS_PER_MESSAGE
+            _collect_texts(item, texts, depth=0)
+    return total + sum(_count(encode, text) for text in texts if text)
+
+
+def _collect_texts(value, texts: list[str], depth: int) -> None:
+    if depth > 4 or not isinstance(value, dict):
+        return
+    for name in _RESPONSE_TEXT_FIELDS:
+        field = value.get(name)
+        if isinstance(field, str):
+            texts.append(field)
+        elif isinstance(field, list):
+            for part in field:
+                _collect_texts(part, texts, depth + 1)

@@ -142,15 +142,15 @@ def translate_error_response(response: httpx2.Response) -> OpenAIError:
     return UpstreamError(f"The upstream service failed with status {status}.")
 
 
-async def open_upstream(path: str, body: bytes) -> httpx2.Response:
-    """POST `body` (already-valid JSON bytes) to the upstream's `path` (`/chat/completions`, `/embeddings`, ...);
-    return the unread response.
+async def open_upstream(path: str, body: bytes, *, method: str = "POST", query: str = "") -> httpx2.Response:
+    """POST `body` (already-valid JSON bytes) to the upstream's `path` (`/chat/completions`, `/embeddings`, ...),
+    or send `method` (GET, DELETE: no body) with `query` (already encoded); return the unread response.
 
     Raises `UpstreamStatusError` (400/404/409/413/415/422/429, to pass through), `UpstreamError` (502: other
     statuses, refused or broken connections) or `UpstreamTimeout` (504: nothing within OPENAI_TIMEOUT).
     The caller must `aclose()` the response.
     """
-    return await get_poster().post(path, body)
+    return await get_poster().post(path, body, method=method, query=query)
 
 
 class UpstreamPoster:
@@ -189,24 +189,33 @@ class UpstreamPoster:
         elif self.transport == "httpx" and self._httpx_client is None:
             self._httpx_client = self._build_httpx_client()
 
+    # Paths with ids in them (`/responses/resp_…`) are not kept: one entry per object would grow without bound.
+    max_cached_urls = 64
+
     def _url(self, path: str) -> tuple[str, httpx2.URL]:
         urls = self._urls.get(path)
         if urls is None:
             url = self.base_url + path
-            urls = self._urls[path] = (url, httpx2.URL(url))
+            urls = (url, httpx2.URL(url))
+            if len(self._urls) < self.max_cached_urls:
+                self._urls[path] = urls
         return urls
 
-    async def post(self, path: str, body: bytes) -> httpx2.Response:
-        """The unread response to POSTing `body` to `path`, or the Tollgate error for a failure (see
-        open_upstream)."""
-        url, httpx_url = self._url(path)
+    async def post(self, path: str, body: bytes, *, method: str = "POST", query: str = "") -> httpx2.Response:
+        """The unread response to sending `body` to `path` with `method` (POST unless told), or the Tollgate error
+        for a failure (see open_upstream)."""
+        if query:
+            url = f"{self.base_url}{path}?{query}"
+            httpx_url = httpx2.URL(url)
+        else:
+            url, httpx_url = self._url(path)
         try:
             if self.transport == "sdk":
-                response = await self._post_sdk(httpx_url, body)
+                response = await self._post_sdk(httpx_url, body, method)
             elif self.transport == "aiohttp":
-                response = await self._post_aiohttp(url, body)
+                response = await self._post_aiohttp(url, body, method)
             else:
-                response = await self._post_httpx(httpx_url, body)
+                response = await self._post_httpx(httpx_url, body, method)
             if response.status_code >= 400:
                 try:
                     await response.aread()
@@ -221,24 +230,24 @@ class UpstreamPoster:
             raise error
         return response
 
-    async def _post_aiohttp(self, url: str, body: bytes) -> httpx2.Response:
+    async def _post_aiohttp(self, url: str, body: bytes, method: str = "POST") -> httpx2.Response:
         if self._session is None:
             self._session = self._build_session()
-        answer = await self._session.post(url, data=body, headers=self.headers)
+        answer = await self._session.request(method, url, data=body or None, headers=self.headers)
         return httpx2.Response(
             status_code=answer.status, headers=answer.raw_headers, stream=AiohttpResponseStream(answer)
         )
 
-    async def _post_sdk(self, url: httpx2.URL, body: bytes) -> httpx2.Response:
+    async def _post_sdk(self, url: httpx2.URL, body: bytes, method: str = "POST") -> httpx2.Response:
         # The SDK client's own HTTP client (its aiohttp transport and connection pool), sent a prepared request.
         request = httpx2.Request(
-            "POST", url, headers=self._httpx_headers, content=body, extensions=self._httpx_extensions
+            method, url, headers=self._httpx_headers, content=body or None, extensions=self._httpx_extensions
         )
         return await self.sdk._client.send(request, stream=True)
 
-    async def _post_httpx(self, url: httpx2.URL, body: bytes) -> httpx2.Response:
+    async def _post_httpx(self, url: httpx2.URL, body: bytes, method: str = "POST") -> httpx2.Response:
         request = httpx2.Request(
-            "POST", url, headers=self._httpx_headers, content=body, extensions=self._httpx_extensions
+            method, url, headers=self._httpx_headers, content=body or None, extensions=self._httpx_extensions
         )
         if self._httpx_client is None:
             self._httpx_client = self._build_httpx_client()

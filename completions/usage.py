@@ -19,6 +19,9 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # part of output_tokens
+    # Hosted tool calls the answer's output holds, as sorted (call item type, count) pairs.
+    hosted_tool_calls: tuple[tuple[str, int], ...] = ()
 
 
 NO_USAGE = Usage()
@@ -48,4 +51,57 @@ def chat_usage(usage) -> Usage:
         input_tokens=prompt,
         output_tokens=_count(usage.get("completion_tokens"), "completion_tokens"),
         cached_tokens=min(cached, prompt),
+    )
+
+
+# Output items of calls the client runs itself (function and custom tools, Codex's shell and patch tools, the
+# computer-use loop): no per-call charge. Every other `*_call` item is a hosted tool OpenAI ran and bills per call.
+CLIENT_CALL_ITEMS = frozenset(
+    {"function_call", "custom_tool_call", "local_shell_call", "shell_call", "apply_patch_call", "computer_call"}
+)
+
+
+def hosted_tool_calls(output) -> tuple[tuple[str, int], ...]:
+    """The hosted tool calls among a response's `output` items, as sorted (item type, count) pairs."""
+    counts: dict[str, int] = {}
+    for item in output if isinstance(output, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if isinstance(kind, str) and kind.endswith("_call") and kind not in CLIENT_CALL_ITEMS:
+            counts[kind] = counts.get(kind, 0) + 1
+    return tuple(sorted(counts.items()))
+
+
+def responses_usage(usage) -> Usage:
+    """`{input_tokens, input_tokens_details: {cached_tokens}, output_tokens, output_tokens_details:
+    {reasoning_tokens}}` (the Responses API)."""
+    if not isinstance(usage, dict):
+        raise BadUsage("usage is not an object")
+    prompt = _count(usage.get("input_tokens"), "input_tokens")
+    output = _count(usage.get("output_tokens"), "output_tokens")
+    cached = _count(_details(usage, "input_tokens_details").get("cached_tokens"), "cached_tokens")
+    reasoning = _count(_details(usage, "output_tokens_details").get("reasoning_tokens"), "reasoning_tokens")
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        cached_tokens=min(cached, prompt),
+        reasoning_tokens=min(reasoning, output),
+    )
+
+
+def response_object_usage(response) -> Usage | None:
+    """The usage of a Response object (a plain answer, or a stream's terminal event's `response`) with its
+    hosted tool calls; None when it has no usage yet (queued, in progress). Raises `BadUsage`."""
+    if not isinstance(response, dict):
+        raise BadUsage("response is not an object")
+    usage = response.get("usage")
+    if usage is None:
+        return None
+    read = responses_usage(usage)
+    calls = hosted_tool_calls(response.get("output"))
+    return Usage(
+        input_tokens=read.input_tokens,
+        output_tokens=read.output_tokens,
+        cached_tokens=read.cached_tokens,
+        reasoning_tokens=read.reasoning_tokens,
+        hosted_tool_calls=calls,
     )

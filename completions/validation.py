@@ -68,6 +68,7 @@ class ParsedRequest:
     client_wants_usage: bool = False  # the client itself asked for stream_options.include_usage
     max_output_tokens: int | None = None  # the request's bound on output tokens per choice, None if it sets none
     choices: int = 1  # outputs generated (n; best_of for legacy completions)
+    max_tool_calls: int | None = None  # the Responses API's bound on hosted tool calls, None if it sets none
 
 
 ChatRequest = ParsedRequest
@@ -315,3 +316,169 @@ def parse_moderation_request(raw: bytes) -> ParsedRequest:
             "'input' must be a string, an array of strings or an array of content parts.", param="input"
         )
     return ParsedRequest(data=data, model=model, forward_body=raw)
+
+
+# THE RESPONSES API AND CONVERSATIONS
+
+RESPONSE_RANGES = (
+    ("temperature", 0, 2, False),
+    ("top_p", 0, 1, False),
+    ("top_logprobs", 0, 20, True),
+    ("max_output_tokens", 1, MAX_INT32, True),
+    ("max_tool_calls", 0, MAX_INT32, True),
+)
+RESPONSE_BOOLEANS = ("stream", "background", "store", "parallel_tool_calls")
+RESPONSE_GUARDED_FIELDS = (
+    "model",
+    "input",
+    "instructions",
+    "stream",
+    "background",
+    "store",
+    "max_output_tokens",
+    "max_tool_calls",
+    "previous_response_id",
+    "conversation",
+    "tools",
+)
+# Tools whose calls the client runs itself: always allowed, never charged per call. Every other `tools[].type`
+# is a hosted tool (web_search, file_search, code_interpreter, image_generation, mcp, ...).
+CLIENT_TOOL_TYPES = frozenset(
+    {"function", "custom", "local_shell", "shell", "apply_patch", "computer", "computer_use_preview"}
+)
+# OpenAI's limit on the items of one `POST /conversations` or `/conversations/{id}/items`.
+MAX_CONVERSATION_ITEMS = 20
+
+
+def _check_input(data: dict) -> None:
+    value = data.get("input")
+    if value is not None and not isinstance(value, (str, list)):
+        raise InvalidRequest("'input' must be a string or an array of input items.", param="input")
+
+
+def _check_tools(data: dict) -> None:
+    tools = data.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str) or not tool["type"]:
+            raise InvalidRequest(f"'tools[{index}].type' must be a non-empty string.", param=f"tools[{index}].type")
+
+
+def _check_id(data: dict, name: str) -> None:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidRequest(f"'{name}' must be a non-empty string.", param=name)
+
+
+def conversation_of(data: dict) -> str | None:
+    """The conversation id a Responses request names (`conversation`: an id, or `{"id": ...}`), else None."""
+    value = data.get("conversation")
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else None
+
+
+def parse_response_request(raw: bytes) -> ParsedRequest:
+    """A Responses API create (CreateResponse): `model`, `input` (a string or items), OpenAI's ranges; a
+    `previous_response_id` or a `conversation` (not both) that must be an id; `tools` objects with a `type`."""
+    data = parse_json_object(raw, RESPONSE_GUARDED_FIELDS)
+    model = require_model(data)
+    _check_input(data)
+    instructions = data.get("instructions")
+    if instructions is not None and not isinstance(instructions, (str, list)):
+        raise InvalidRequest("'instructions' must be a string.", param="instructions")
+    check_booleans(data, RESPONSE_BOOLEANS)
+    check_ranges(data, RESPONSE_RANGES)
+    _check_id(data, "previous_response_id")
+    conversation = data.get("conversation")
+    if conversation is not None:
+        if isinstance(conversation, dict):
+            if not isinstance(conversation.get("id"), str) or not conversation["id"]:
+                raise InvalidRequest("'conversation.id' must be a non-empty string.", param="conversation")
+        elif not isinstance(conversation, str) or not conversation:
+            raise InvalidRequest(
+                "'conversation' must be a conversation id or an object with an id.", param="conversation"
+            )
+        if data.get("previous_response_id") is not None:
+            raise InvalidRequest(
+                "'previous_response_id' cannot be used together with 'conversation'.", param="previous_response_id"
+            )
+    _check_tools(data)
+    return ParsedRequest(
+        data=data,
+        model=model,
+        forward_body=raw,
+        stream=data.get("stream") is True,
+        max_output_tokens=data.get("max_output_tokens"),
+        max_tool_calls=data.get("max_tool_calls"),
+    )
+
+
+def parse_input_tokens_request(raw: bytes) -> ParsedRequest:
+    """`POST /responses/input_tokens`: the create's fields, none required but checked alike (`model` optional)."""
+    data = parse_json_object(raw, RESPONSE_GUARDED_FIELDS)
+    model = require_model(data) if "model" in data else ""
+    _check_input(data)
+    check_ranges(data, RESPONSE_RANGES)
+    _check_id(data, "previous_response_id")
+    _check_tools(data)
+    return ParsedRequest(data=data, model=model, forward_body=raw)
+
+
+def parse_no_body(raw: bytes) -> ParsedRequest:
+    """A route whose request has no body (retrieve, delete, cancel, lists): whatever was sent is not forwarded."""
+    return ParsedRequest(data={}, model="", forward_body=b"")
+
+
+def parse_optional_object(raw: bytes) -> ParsedRequest:
+    """A body that may be empty or an object (conversation create and update): forwarded as sent."""
+    if not raw or not raw.strip():
+        return ParsedRequest(data={}, model="", forward_body=b"{}")
+    data = parse_json_object(raw, ("items", "metadata"))
+    items = data.get("items")
+    if items is not None and (not isinstance(items, list) or len(items) > MAX_CONVERSATION_ITEMS):
+        raise InvalidRequest(f"'items' must be an array of at most {MAX_CONVERSATION_ITEMS} items.", param="items")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("'metadata' must be an object.", param="metadata")
+    return ParsedRequest(data=data, model="", forward_body=raw)
+
+
+def parse_conversation_items(raw: bytes) -> ParsedRequest:
+    """`POST /conversations/{id}/items`: `items`, a non-empty array of at most 20 objects."""
+    data = parse_json_object(raw, ("items",))
+    items = data.get("items")
+    if "items" not in data:
+        raise InvalidRequest("Missing required parameter: 'items'.", param="items")
+    if not isinstance(items, list) or not items or len(items) > MAX_CONVERSATION_ITEMS:
+        raise InvalidRequest(
+            f"'items' must be a non-empty array of at most {MAX_CONVERSATION_ITEMS} items.", param="items"
+        )
+    if not all(isinstance(item, dict) for item in items):
+        raise InvalidRequest("'items' must be an array of objects.", param="items")
+    return ParsedRequest(data=data, model="", forward_body=raw)
+
+
+def forward_query(allowed: tuple[str, ...], query) -> str:
+    """The query parameters of `allowed` as they came (a repeated one, like `include`, repeated), URL-encoded."""
+    from urllib.parse import urlencode
+
+    pairs = [(name, value) for name in allowed for value in query.getlist(name)]
+    return urlencode(pairs)
+
+
+def check_query_int(query, name: str, low: int, high: int) -> None:
+    value = query.get(name)
+    if value is None:
+        return
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}.", param=name)
+
+
+def check_query_choice(query, name: str, choices: tuple[str, ...]) -> None:
+    value = query.get(name)
+    if value is not None and value not in choices:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}.", param=name)

@@ -78,6 +78,23 @@ class ModelNotFound(OpenAIError):
     outcome_error_type = ErrorType.MODEL_NOT_ALLOWED
 
 
+class ObjectNotFound(OpenAIError):
+    """404 for an id the key's lineage does not own: an unknown id and another key's id answer the same."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    outcome_error_type = ErrorType.NOT_OWNED
+
+
+class ToolNotAllowed(OpenAIError):
+    """403 for a request naming a hosted tool type the key may not use (`param: "tools"`)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    error_code = "tool_not_allowed"
+    outcome_error_type = ErrorType.TOOL_NOT_ALLOWED
+
+
 class RateLimited(OpenAIError):
     """429 for a request, token or concurrency limit. `error_type` is set per instance (`requests`/`tokens`)."""
 

@@ -19,6 +19,7 @@ _shutdown_done = threading.Event()
 
 
 def on_startup(fn):
+    """Run `fn` (sync or async) on the event loop when a served process starts (the ASGI lifespan)."""
     _startup_hooks.append(fn)
     return fn
 
@@ -31,10 +32,9 @@ def on_shutdown(fn):
 async def startup() -> None:
     for fn in _startup_hooks:
         try:
-            if inspect.iscoroutinefunction(fn):
-                await fn()
-            else:
-                fn()
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
         except Exception:
             logger.exception("startup hook %s failed", getattr(fn, "__qualname__", fn))
 

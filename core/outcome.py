@@ -26,6 +26,8 @@ class ErrorType(StrEnum):
     INVALID_API_KEY = "invalid_api_key"  # 401 (only in the log line: no outcome exists before authentication)
     INVALID_REQUEST = "invalid_request"  # 400: the body failed validation
     MODEL_NOT_ALLOWED = "model_not_allowed"  # 404: the key may not use the model
+    NOT_OWNED = "not_owned"  # 404: the id is unknown, or another key lineage's (they answer the same)
+    TOOL_NOT_ALLOWED = "tool_not_allowed"  # 403: the key may not use a hosted tool type the request names
     RATE_LIMIT_REQUESTS = "rate_limit_requests"
     RATE_LIMIT_TOKENS = "rate_limit_tokens"
     RATE_LIMIT_CONCURRENCY = "rate_limit_concurrency"
@@ -48,6 +50,8 @@ GATEWAY_REFUSALS = frozenset(
     {
         ErrorType.INVALID_REQUEST,
         ErrorType.MODEL_NOT_ALLOWED,
+        ErrorType.NOT_OWNED,
+        ErrorType.TOOL_NOT_ALLOWED,
         ErrorType.RATE_LIMIT_REQUESTS,
         ErrorType.RATE_LIMIT_TOKENS,
         ErrorType.RATE_LIMIT_CONCURRENCY,
@@ -71,7 +75,13 @@ class RequestOutcome:
     prompt_tokens: int = 0  # input tokens, cached ones included
     cached_tokens: int = 0  # of prompt_tokens, those the upstream served from its prompt cache
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, those the model spent reasoning (Responses API)
+    # Hosted tool calls in the output, by call item type (`web_search_call`: 2); priced per call.
+    hosted_tool_calls: dict[str, int] = field(default_factory=dict)
     usage_estimated: bool = False
+    # True when the request's usage record is written later, by whoever settles it (a background response:
+    # `completions.background`); metrics and the log line still report the request when it is answered.
+    usage_deferred: bool = False
     cost_usd: Decimal = Decimal(0)
     ttfb_ms: float | None = None
     latency_ms: float = 0.0

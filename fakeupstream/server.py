@@ -6,6 +6,8 @@ Endpoints (see the package docstring for the full contract):
   ``"fake"`` body field (see :class:`fakeupstream.completions.FakeSwitches`).
 * ``POST /v1/completions`` (legacy text completions, plain or streamed), ``POST /v1/embeddings`` and
   ``POST /v1/moderations``, steered by the same ``"fake"`` field (see their modules).
+* ``/v1/responses`` and ``/v1/conversations`` (create, retrieve and resume streams, delete, cancel, input items,
+  input tokens; conversations and their items), stored in memory (see :mod:`fakeupstream.responses`).
 * ``GET /v1/models`` and ``GET /v1/models/{id}``.
 * ``GET``/``DELETE /_fake/requests`` -- the ring buffer of the last requests to ``/v1/*``.
 * ``GET``/``DELETE /_fake/stats`` -- ``{"open_streams", "completed", "client_disconnects"}``.
@@ -45,6 +47,7 @@ from fakeupstream.completions import (
 )
 from fakeupstream.embeddings import parse_embeddings_request
 from fakeupstream.moderations import parse_moderation_request
+from fakeupstream.responses import ResponsesFake
 from fakeupstream.text_completions import parse_text_completion_request
 
 try:  # uvloop is optional: it roughly doubles throughput, but the server is correct without it.
@@ -216,6 +219,7 @@ class FakeUpstream:
         self._lingering: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.url: str | None = None
+        self.responses_api = ResponsesFake()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -285,6 +289,20 @@ class FakeUpstream:
             response = self._unauthorized(request)
         elif method == "POST" and (parse := GENERATORS.get(path)) is not None:
             return await self._generate(request, body, record, parse)
+        elif path.startswith(("/v1/responses", "/v1/conversations")):
+            task = asyncio.current_task()
+            self._lingering.add(task)
+            try:
+                answer = await self.responses_api.handle(request, path, body)
+            except (asyncio.CancelledError, ConnectionError):
+                self._client_gone(record)
+                raise
+            finally:
+                self._lingering.discard(task)
+            if record is not None:
+                record.stream = answer.content_type == "text/event-stream"
+            self._finished(record, answer.status)
+            return answer
         elif path == "/v1/models" and method == "GET":
             response = _json_response(200, models_list())
         elif path.startswith("/v1/models/") and method == "GET":

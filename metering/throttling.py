@@ -35,7 +35,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
@@ -85,6 +85,9 @@ class Demand:
     choices: int = 1
     output: bool = True
     priced: bool = True
+    # The hosted tool types the request names (`web_search`, ...; priced per call) and its bound on their calls.
+    hosted_tools: tuple[str, ...] = ()
+    max_tool_calls: int | None = None
 
 
 # THROTTLES
@@ -188,10 +191,13 @@ def budget_hold(owner, demand: Demand, now: datetime) -> BudgetHold | None:
         worst = 0
     else:
         max_output = demand.max_output_tokens if demand.output else 0
-        worst = pricing.usd_to_units(
-            pricing.worst_case_cost_usd(demand.model, demand.input_tokens, max_output, demand.choices, at=now),
-            round_up=True,
-        )
+        worst_usd = pricing.worst_case_cost_usd(demand.model, demand.input_tokens, max_output, demand.choices, at=now)
+        if demand.hosted_tools:
+            # One call of each hosted tool named, or `max_tool_calls` of the dearest: a request that names hosted
+            # tools without `max_tool_calls` may call them more often than reserved (settled to the real count).
+            calls = demand.max_tool_calls if demand.max_tool_calls is not None else len(demand.hosted_tools)
+            worst_usd += pricing.worst_case_tool_cost_usd(demand.hosted_tools, calls, at=now)
+        worst = pricing.usd_to_units(worst_usd, round_up=True)
     return BudgetHold(
         cap=pricing.usd_to_units(owner.budget_usd),
         reserve=worst,
@@ -209,7 +215,18 @@ class Admission:
     `headers` go on its response. Leaving the block settles exactly once, from the outcome's usage.
     """
 
-    __slots__ = ("demand", "headers", "key", "outcome", "result", "settled", "store", "throttles", "ticket")
+    __slots__ = (
+        "demand",
+        "handed_over",
+        "headers",
+        "key",
+        "outcome",
+        "result",
+        "settled",
+        "store",
+        "throttles",
+        "ticket",
+    )
 
     def __init__(self, *, key, demand: Demand, outcome, throttles=DEFAULT_THROTTLES):
         self.key = key
@@ -221,6 +238,7 @@ class Admission:
         self.result: AdmitResult | None = None
         self.headers: dict = {}
         self.settled = False
+        self.handed_over = False
 
     async def __aenter__(self) -> "Admission":
         book = pricing.get_price_book()
@@ -273,7 +291,32 @@ class Admission:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        await self.settle()
+        if not self.handed_over:
+            await self.settle()
+
+    def hand_over(self) -> dict:
+        """Leave the settlement to someone else (the follower of a background response): leaving the block then
+        settles nothing. Returns the admission as JSON-ready data for `Admission.resume`."""
+        self.handed_over = True
+        return {
+            "demand": asdict(self.demand),
+            "ticket": None if self.ticket is None else _ticket_data(self.ticket),
+            "result": None if self.result is None else asdict(self.result),
+        }
+
+    def take_back(self) -> None:
+        """Undo `hand_over` (the hand-over could not be recorded): leaving the block settles again."""
+        self.handed_over = False
+
+    @classmethod
+    def resume(cls, state: dict, *, outcome) -> "Admission":
+        """An admission handed over (`hand_over`), in any process, ready to `settle()` once from `outcome`."""
+        admission = cls(key=None, demand=_demand_from(state["demand"]), outcome=outcome)
+        if state.get("ticket") is not None and state.get("result") is not None:
+            admission.ticket = _ticket_from(state["ticket"])
+            admission.result = AdmitResult(**state["result"])
+            admission.store = get_limit_store()
+        return admission
 
     async def settle(self) -> None:
         """Price the request (`outcome.cost_usd`) and settle its reservations to its real usage, once."""
@@ -289,7 +332,7 @@ class Admission:
                 outcome.completion_tokens,
                 outcome.started_at,
                 cached_tokens=outcome.cached_tokens,
-            )
+            ) + pricing.tool_calls_cost_usd(outcome.hosted_tool_calls, outcome.started_at)
         if self.ticket is None or self.result is None or self.store is None:
             return
         tokens = outcome.prompt_tokens + outcome.completion_tokens
@@ -317,6 +360,40 @@ class Admission:
         if tightest is not None:
             self.headers["x-ratelimit-remaining-tokens"] = str(tightest[0])
             self.headers["x-ratelimit-reset-tokens"] = format_duration(tightest[1])
+
+
+def _ticket_data(ticket: LimitTicket) -> dict:
+    data = asdict(ticket)
+    if ticket.budget is not None:
+        data["budget"]["window"] = {
+            "period": ticket.budget.window.period,
+            "label": ticket.budget.window.label,
+            "start": None if ticket.budget.window.start is None else ticket.budget.window.start.isoformat(),
+            "renews_at": None if ticket.budget.window.renews_at is None else ticket.budget.window.renews_at.isoformat(),
+        }
+    return data
+
+
+def _ticket_from(data: dict) -> LimitTicket:
+    data = dict(data)
+    budget = data.pop("budget", None)
+    ticket = LimitTicket(**data)
+    if budget is not None:
+        window = budget.pop("window")
+        ticket.budget = BudgetHold(
+            **budget,
+            window=BudgetWindow(
+                period=window["period"],
+                label=window["label"],
+                start=None if window["start"] is None else datetime.fromisoformat(window["start"]),
+                renews_at=None if window["renews_at"] is None else datetime.fromisoformat(window["renews_at"]),
+            ),
+        )
+    return ticket
+
+
+def _demand_from(data: dict) -> Demand:
+    return Demand(**{**data, "hosted_tools": tuple(data.get("hosted_tools") or ())})
 
 
 def admit(*, key, demand: Demand, outcome, throttles=DEFAULT_THROTTLES) -> Admission:

@@ -22,8 +22,17 @@ from apikeys.admin import admin_teams
 from apikeys.models import APIKey
 
 from .dashboard import format_usd, key_usage_page, usage_dashboard_page
-from .models import ModelPrice, PriceAuditEntry, UsageRecord
-from .services import PRICE_FIELDS, model_price_create, model_price_delete, model_price_update
+from .models import ModelPrice, PriceAuditEntry, ToolPrice, UsageRecord
+from .services import (
+    PRICE_FIELDS,
+    TOOL_PRICE_FIELDS,
+    model_price_create,
+    model_price_delete,
+    model_price_update,
+    tool_price_create,
+    tool_price_delete,
+    tool_price_update,
+)
 
 # The admin index links to the usage dashboard (an app's `admin/index.html` would lose to the admin's own, which
 # comes first in INSTALLED_APPS).
@@ -66,6 +75,9 @@ class UsageRecordAdmin(admin.ModelAdmin):
                     "prompt_tokens",
                     "cached_tokens",
                     "completion_tokens",
+                    "reasoning_tokens",
+                    "hosted_tool_calls",
+                    "hosted_tools",
                     "total_tokens",
                     "usage_estimated",
                     "cost_usd",
@@ -202,7 +214,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     def audit_trail(self, obj: ModelPrice) -> str:
         if obj is None or obj.pk is None:
             return "—"
-        entries = PriceAuditEntry.objects.filter(price_id=obj.pk)[:50]
+        entries = PriceAuditEntry.objects.filter(table="model", price_id=obj.pk)[:50]
         lines = [
             f"{entry.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {entry.actor}, {entry.action}: {_changes(entry)}"
             for entry in entries
@@ -229,15 +241,71 @@ class ModelPriceAdmin(admin.ModelAdmin):
             model_price_delete(price=price, actor=_actor(request))
 
 
+@admin.register(ToolPrice)
+class ToolPriceAdmin(admin.ModelAdmin):
+    """USD per call of a hosted tool, by the output item type of its calls. Every change goes through
+    `usage.services` and is kept in the price audit log (`table` = `tool`)."""
+
+    list_display = ("tool", "per_call_usd", "effective_from")
+    list_editable = ("per_call_usd",)
+    search_fields = ("tool",)
+    ordering = ("tool", "-effective_from")
+    readonly_fields = ("audit_trail",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": ("tool", "per_call_usd", "effective_from"),
+                "description": (
+                    "USD per call of a hosted tool, named by the output item type of its calls "
+                    "(<code>web_search_call</code>, <code>file_search_call</code>, <code>code_interpreter_call</code>, "
+                    "<code>image_generation_call</code>, ...). Each such item in a response's output adds this "
+                    "price to the request's cost. A tool without a row costs nothing per call."
+                ),
+            },
+        ),
+        ("Audit trail", {"fields": ("audit_trail",)}),
+    )
+
+    @admin.display(description="changes")
+    def audit_trail(self, obj: ToolPrice) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        entries = PriceAuditEntry.objects.filter(table="tool", price_id=obj.pk)[:50]
+        lines = [
+            f"{entry.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {entry.actor}, {entry.action}: {_changes(entry)}"
+            for entry in entries
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "—"
+
+    def save_model(self, request: HttpRequest, obj: ToolPrice, form: Any, change: bool) -> None:
+        fields = {name: getattr(obj, name) for name in TOOL_PRICE_FIELDS}
+        if change:
+            saved = tool_price_update(
+                price=obj, actor=_actor(request), **{name: fields[name] for name in form.changed_data if name in fields}
+            )
+        else:
+            saved = tool_price_create(actor=_actor(request), **fields)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: ToolPrice) -> None:
+        tool_price_delete(price=obj, actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for price in queryset:
+            tool_price_delete(price=price, actor=_actor(request))
+
+
 @admin.register(PriceAuditEntry)
 class PriceAuditEntryAdmin(admin.ModelAdmin):
     """The price audit trail: append-only, so nobody can add, change or delete an entry here."""
 
-    list_display = ("when", "actor", "action", "model", "what_changed")
-    list_filter = ("action",)
+    list_display = ("when", "actor", "action", "table", "model", "what_changed")
+    list_filter = ("action", "table")
     search_fields = ("model", "actor")
     date_hierarchy = "created_at"
-    fields = ("created_at", "actor", "action", "model", "price_id", "what_changed")
+    fields = ("created_at", "actor", "action", "table", "model", "price_id", "what_changed")
     readonly_fields = fields
 
     @admin.display(description="when (UTC)", ordering="created_at")

@@ -43,6 +43,26 @@ class ModelPrice(models.Model):
         return f"{self.model} (${self.input_per_million}/${self.output_per_million} per 1M)"
 
 
+class ToolPrice(models.Model):
+    """USD per call of a hosted tool, by the output item type of its calls (`web_search_call`,
+    `file_search_call`, `code_interpreter_call`, `image_generation_call`, ...), in force from `effective_from`
+    until a later row for the same tool. Added to a request's cost for each such item in its output. Written
+    through `usage.services` only, which keeps an audit trail (`PriceAuditEntry`, `table` = `tool`)."""
+
+    tool = models.CharField(max_length=60, help_text="The output item type of the tool's calls: `web_search_call`.")
+    per_call_usd = models.DecimalField(
+        max_digits=12, decimal_places=6, validators=_NOT_NEGATIVE, verbose_name="USD per call"
+    )
+    effective_from = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("tool", "-effective_from")
+        constraints = [models.UniqueConstraint(fields=["tool", "effective_from"], name="uniq_tool_price_from")]
+
+    def __str__(self) -> str:
+        return f"{self.tool} (${self.per_call_usd} per call)"
+
+
 class PriceAuditAction(models.TextChoices):
     CREATE = "create"
     UPDATE = "update"
@@ -57,6 +77,9 @@ class PriceAuditEntry(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.CharField(max_length=200, help_text="Admin username, or 'command:<name>'.")
     action = models.CharField(max_length=16, choices=PriceAuditAction.choices)
+    # Which table the price row is in: `model` (ModelPrice; `model` names the model) or `tool` (ToolPrice; `model`
+    # names the tool).
+    table = models.CharField(max_length=8, default="model", db_default="model")
     price_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     model = models.CharField(max_length=100, db_index=True)
     changes = models.JSONField(default=dict, blank=True)
@@ -107,6 +130,15 @@ class UsageRecord(models.Model):
         default=0, db_default=0, help_text="Of the prompt tokens, those served from the upstream's prompt cache."
     )
     completion_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Of the completion tokens, those spent reasoning (Responses API)."
+    )
+    hosted_tool_calls = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Calls of hosted tools (web search, file search, ...) in the output."
+    )
+    hosted_tools = models.CharField(
+        max_length=200, blank=True, default="", db_default="", help_text="Those calls by type: `web_search_call:2`."
+    )
     total_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False, help_text="Tokens estimated: the upstream reported none.")
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)

@@ -78,6 +78,18 @@ def units_to_usd(units: int) -> Decimal:
     return (Decimal(units) / MONEY_UNITS_PER_USD).quantize(COST_QUANTUM)
 
 
+# A hosted tool type (`tools[].type`) and the output item type of its calls, where they differ by more than
+# `_call` (dated variants of web search price as web search).
+TOOL_CALL_ITEMS = {"web_search_preview": "web_search_call", "mcp": "mcp_call"}
+
+
+def tool_call_item(tool_type: str) -> str:
+    """The output item type of a hosted tool's calls: `web_search` → `web_search_call`."""
+    if tool_type.startswith("web_search"):
+        return "web_search_call"
+    return TOOL_CALL_ITEMS.get(tool_type, f"{tool_type}_call")
+
+
 class PriceBook:
     """The price table of one process. `price_for` is pure memory; `load` reads the table (call off the loop)."""
 
@@ -88,6 +100,8 @@ class PriceBook:
         self.check_seconds = check_seconds
         # model -> (effective_from epochs ascending, prices in the same order)
         self._rows: dict[str, tuple[list[float], list[Price]]] = {}
+        # hosted tool call item type -> (effective_from epochs ascending, USD per call in the same order)
+        self._tools: dict[str, tuple[list[float], list[Decimal]]] = {}
         self._loaded_at = float("-inf")
         self._loaded = False
         self._refreshing = False
@@ -106,12 +120,17 @@ class PriceBook:
         """Replace the table with the database's (raises DatabaseError; the old table stays then)."""
         from django.db import DatabaseError, connection
 
-        from .models import ModelPrice
+        from .models import ModelPrice, ToolPrice
 
         with self._lock:
             rows: dict[str, tuple[list[float], list[Price]]] = {}
+            tools: dict[str, tuple[list[float], list[Decimal]]] = {}
             try:
                 found = list(ModelPrice.objects.order_by("model", "effective_from"))
+                for tool in ToolPrice.objects.order_by("tool", "effective_from"):
+                    tool_starts, per_call = tools.setdefault(tool.tool, ([], []))
+                    tool_starts.append(tool.effective_from.timestamp())
+                    per_call.append(tool.per_call_usd)
             except DatabaseError:
                 connection.close()  # a broken connection is replaced on this thread's next load
                 raise
@@ -128,6 +147,7 @@ class PriceBook:
                 starts.append(price.effective_from)
                 prices.append(price)
             self._rows = rows
+            self._tools = tools
             self._loaded = True
             self._loaded_at = self.timer()
 
@@ -180,6 +200,15 @@ class PriceBook:
             candidate = candidate[:cut]
         return self._fallback(model)
 
+    def tool_price_for(self, call_item: str, at: datetime | float | None = None) -> Decimal:
+        """USD per call of a hosted tool (by its call item type) in force at `at`; 0 for a tool without a row."""
+        found = self._tools.get(call_item)
+        if found is None:
+            return Decimal(0)
+        when = at.timestamp() if isinstance(at, datetime) else (time.time() if at is None else at)
+        starts, prices = found
+        return prices[max(bisect.bisect_right(starts, when) - 1, 0)]
+
     def _fallback(self, model: str) -> Price:
         if model not in self._warned and len(self._warned) < 1000:
             self._warned.add(model)
@@ -230,3 +259,19 @@ def worst_case_cost_usd(
     # Cache hits are unknown before the answer: assume none, unless a (mistyped) row makes cached input dearer.
     cached = prompt_tokens if price.cached_rate > price.input_per_million else 0
     return price.cost(prompt_tokens, output * max(choices, 1), cached)
+
+
+def tool_calls_cost_usd(calls: dict[str, int], at: datetime | None = None) -> Decimal:
+    """What a request's hosted tool calls cost ({call item type: count}) at the tool prices in force at `at`."""
+    if not calls:
+        return Decimal(0)
+    book = get_price_book()
+    total = sum((book.tool_price_for(item, at) * count for item, count in calls.items()), Decimal(0))
+    return total.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def worst_case_tool_cost_usd(tool_types, calls: int, at: datetime | None = None) -> Decimal:
+    """`calls` calls of the dearest of the hosted `tool_types` (`tools[].type` values)."""
+    book = get_price_book()
+    dearest = max((book.tool_price_for(tool_call_item(kind), at) for kind in tool_types), default=Decimal(0))
+    return (dearest * max(calls, 0)).quantize(COST_QUANTUM, rounding=ROUND_CEILING)

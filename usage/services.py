@@ -14,7 +14,7 @@ from typing import Any, TypedDict, Unpack
 
 from django.db import transaction
 
-from .models import ModelPrice, PriceAuditAction, PriceAuditEntry
+from .models import ModelPrice, PriceAuditAction, PriceAuditEntry, ToolPrice
 
 # The fields of a price that the services set, in the order the audit trail lists them.
 PRICE_FIELDS = (
@@ -123,3 +123,65 @@ def model_price_delete(*, price: ModelPrice, actor: str) -> None:
     price_id = current.pk
     current.delete()
     _audit(actor=actor, action=PriceAuditAction.DELETE, price=current, changes=changes, price_id=price_id)
+
+
+# HOSTED TOOL PRICES (the same audit trail, `table` = `tool`, `model` naming the tool)
+
+TOOL_PRICE_FIELDS = ("tool", "per_call_usd", "effective_from")
+
+
+def _tool_snapshot(price: ToolPrice) -> dict[str, Any]:
+    return {name: _jsonable(getattr(price, name)) for name in TOOL_PRICE_FIELDS}
+
+
+def _tool_audit(*, actor: str, action: str, price: ToolPrice, changes: dict, price_id: int | None) -> None:
+    PriceAuditEntry.objects.create(
+        actor=actor, action=action, table="tool", price_id=price_id, model=price.tool, changes=changes
+    )
+
+
+@transaction.atomic
+def tool_price_create(
+    *, actor: str, tool: str, per_call_usd: Decimal, effective_from: datetime | None = None
+) -> ToolPrice:
+    """Add a hosted tool's price per call (`tool`: its call item type, `web_search_call`) and audit it. Raises
+    `ValidationError` (nothing written) for a negative price or a duplicate (tool, effective_from)."""
+    price = ToolPrice(tool=tool, per_call_usd=per_call_usd)
+    if effective_from is not None:
+        price.effective_from = effective_from
+    price.full_clean()
+    price.save()
+    price.refresh_from_db()
+    changes = {name: [None, value] for name, value in _tool_snapshot(price).items()}
+    _tool_audit(actor=actor, action=PriceAuditAction.CREATE, price=price, changes=changes, price_id=price.pk)
+    return price
+
+
+@transaction.atomic
+def tool_price_update(*, price: ToolPrice, actor: str, **changes: Any) -> ToolPrice:
+    """Change a tool price row and audit what changed (as `model_price_update`)."""
+    unknown = set(changes) - set(TOOL_PRICE_FIELDS)
+    if unknown:
+        raise TypeError(f"tool_price_update() got unexpected fields: {', '.join(sorted(unknown))}")
+    current = ToolPrice.objects.select_for_update().get(pk=price.pk)
+    before = _tool_snapshot(current)
+    for name, value in changes.items():
+        setattr(current, name, value)
+    current.full_clean()
+    current.save()
+    current.refresh_from_db()
+    after = _tool_snapshot(current)
+    diff = {name: [before[name], after[name]] for name in TOOL_PRICE_FIELDS if before[name] != after[name]}
+    if diff:
+        _tool_audit(actor=actor, action=PriceAuditAction.UPDATE, price=current, changes=diff, price_id=current.pk)
+    return current
+
+
+@transaction.atomic
+def tool_price_delete(*, price: ToolPrice, actor: str) -> None:
+    """Delete a tool price row and audit it; the tool's calls then cost its other rows' price, or nothing."""
+    current = ToolPrice.objects.select_for_update().get(pk=price.pk)
+    changes = {name: [value, None] for name, value in _tool_snapshot(current).items()}
+    price_id = current.pk
+    current.delete()
+    _tool_audit(actor=actor, action=PriceAuditAction.DELETE, price=current, changes=changes, price_id=price_id)

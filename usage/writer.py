@@ -61,6 +61,8 @@ ROW_FIELDS = (
     "prompt_tokens",
     "cached_tokens",
     "completion_tokens",
+    "reasoning_tokens",
+    "hosted_tool_calls",
     "usage_estimated",
     "cost_usd",
     "latency_ms",
@@ -89,6 +91,8 @@ def capture(outcome) -> tuple:
         outcome.prompt_tokens,
         outcome.cached_tokens,
         outcome.completion_tokens,
+        outcome.reasoning_tokens,
+        dict(outcome.hosted_tool_calls) if outcome.hosted_tool_calls else None,
         outcome.usage_estimated,
         outcome.cost_usd,
         outcome.latency_ms,
@@ -127,6 +131,9 @@ INSERT_COLUMNS = (
     "prompt_tokens",
     "cached_tokens",
     "completion_tokens",
+    "reasoning_tokens",
+    "hosted_tool_calls",
+    "hosted_tools",
     "total_tokens",
     "usage_estimated",
     "cost_usd",
@@ -145,8 +152,9 @@ def fit(row: tuple) -> tuple:
     stored as its value.
     """
     (request_id, key_id, prefix, name, endpoint, model, status, error_type, streamed, prompt, cached, completion,
-     estimated, cost, latency, ttfb, upstream_id, created_at) = row  # fmt: skip
+     reasoning, tool_calls, estimated, cost, latency, ttfb, upstream_id, created_at) = row  # fmt: skip
     prompt, completion = _count(prompt), _count(completion)
+    tool_calls = tool_calls if isinstance(tool_calls, dict) else {}
     return (
         str(request_id)[:64],
         key_id,
@@ -160,6 +168,9 @@ def fit(row: tuple) -> tuple:
         prompt,
         min(_count(cached), prompt),
         completion,
+        min(_count(reasoning), completion),
+        _count(sum(_count(count) for count in tool_calls.values())),
+        ",".join(f"{item}:{_count(count)}" for item, count in sorted(tool_calls.items()))[:200],
         min(prompt + completion, _MAX_UINT),
         bool(estimated),
         _cost(cost),
@@ -494,7 +505,9 @@ usage_writer = UsageWriter()
 
 
 def record_usage(outcome) -> None:
-    """The `REPORTERS` entry: buffer a usage record for `outcome`."""
+    """The `REPORTERS` entry: buffer a usage record for `outcome` (unless whoever settles it records it later)."""
+    if outcome.usage_deferred:
+        return
     usage_writer.record(outcome)
 
 

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "apikeys",
     "metering",
     "usage",
+    "serverstate",
     "completions",
     "manageapi",
     "alerts",
@@ -146,6 +147,11 @@ RATE_LIMIT_REDIS_TIMEOUT = env.float("RATE_LIMIT_REDIS_TIMEOUT", default=0.5)
 # dropped after this long; longer than any request can legitimately take.
 RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS = env.float("RATE_LIMIT_INFLIGHT_EXPIRY_SECONDS", default=OPENAI_TIMEOUT + 60)
 RATE_LIMIT_REDIS_PREFIX = env("RATE_LIMIT_REDIS_PREFIX", default="tollgate")
+
+# BACKGROUND RESPONSES (completions/background.py)
+# How often each worker looks for background responses to follow, and how long it waits before polling a running
+# one again; a response is settled within about this long after it ends.
+BACKGROUND_POLL_SECONDS = env.float("BACKGROUND_POLL_SECONDS", default=2.0)
 
 # BUDGETS AND PRICES (usage/pricing.py; prices are ModelPrice rows, editable in the admin)
 # How often each worker reloads the price table (the request path itself never queries it).

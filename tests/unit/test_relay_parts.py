@@ -241,8 +241,10 @@ def test_a_stream_without_done_is_incomplete_and_its_error_event_is_openai_shape
 
 def test_every_endpoint_declares_a_unique_name_and_paths():
     names = [endpoint.name for endpoint in ENDPOINTS]
-    paths = [path for endpoint in ENDPOINTS for path in endpoint.paths]
-    assert len(set(names)) == len(names) and len(set(paths)) == len(paths)
+    # A path may serve several endpoints (GET and DELETE of `/v1/responses/{id}`), one per method.
+    routes = [(endpoint.method, path) for endpoint in ENDPOINTS for path in endpoint.paths]
+    paths = {path for _, path in routes}
+    assert len(set(names)) == len(names) and len(set(routes)) == len(routes)
     assert {"v1/chat/completions", "v1/completions", "v1/embeddings", "v1/moderations"} <= set(paths)
 
 

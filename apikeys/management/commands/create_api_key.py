@@ -1,6 +1,6 @@
-"""`manage.py create_api_key NAME [--rpm N] [--tpm N] [--max-concurrent N] [--models a,b] [--expires ISO-8601|30d]
-[--budget-usd X] [--budget-period day|month|total] [--owner TEXT] [--notes TEXT] [--team TEAM]
-[--alert-thresholds 50,80,100]`
+"""`manage.py create_api_key NAME [--rpm N] [--tpm N] [--max-concurrent N] [--models a,b] [--hosted-tools a,b]
+[--expires ISO-8601|30d] [--budget-usd X] [--budget-period day|month|total] [--owner TEXT] [--notes TEXT]
+[--team TEAM] [--alert-thresholds 50,80,100]`
 
 Prints the raw key as the last line of stdout (and nothing else there); everything else goes to stderr.
 """
@@ -38,6 +38,11 @@ class Command(KeyCommand):
         )
         parser.add_argument("--models", action=NoRepeatAction, help="comma-separated allowed models (default all)")
         parser.add_argument(
+            "--hosted-tools",
+            action=NoRepeatAction,
+            help="comma-separated hosted tool types the key may use (web_search,file_search; default all)",
+        )
+        parser.add_argument(
             "--expires",
             type=expiry,
             action=NoRepeatAction,
@@ -59,6 +64,7 @@ class Command(KeyCommand):
 
     def handle(self, *args, **options):
         models = [m for m in (options["models"] or "").split(",") if m.strip()]
+        tools = [t for t in (options["hosted_tools"] or "").split(",") if t.strip()]
         try:
             team = team_find(options["team"]) if options["team"] is not None else None
         except TeamLookupError as exc:
@@ -73,6 +79,7 @@ class Command(KeyCommand):
                 tpm=options["tpm"],
                 max_concurrent=options["max_concurrent"],
                 allowed_models=models,
+                hosted_tools=tools,
                 expires=options["expires"],
                 budget_usd=options["budget_usd"],
                 budget_period=options["budget_period"],

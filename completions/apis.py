@@ -62,7 +62,7 @@ class RelayApi(AsyncAPIView):
 
 def relay_api(*endpoints: Endpoint) -> type[RelayApi]:
     """The view class of one route, serving each of `endpoints` on its method, named after the first
-    (`EmbeddingsApi`) and described by each endpoint's schema on its method."""
+    (`EmbeddingsApi`) and described by each endpoint's schema on its method's handler."""
     first = endpoints[0]
     name = "".join(part.capitalize() for part in first.name.replace("_", ".").split(".")) + "Api"
     by_method = {endpoint.method: endpoint for endpoint in endpoints}
@@ -72,9 +72,8 @@ def relay_api(*endpoints: Endpoint) -> type[RelayApi]:
         "http_method_names": [method.lower() for method in by_method],
         "__doc__": "; ".join(f"{endpoint.method} {', '.join(endpoint.paths)}" for endpoint in endpoints) + ".",
     }
-    if len(endpoints) == 1:
-        view = type(name, (RelayApi,), attributes)
-        return first.schema(view) if first.schema is not None else view
+    # Each endpoint's schema goes on its method's handler (on the class, drf-spectacular cannot take an
+    # operation id).
     for endpoint in endpoints:
         handler_name = endpoint.method.lower()
         handler = getattr(RelayApi, handler_name)

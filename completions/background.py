@@ -68,6 +68,10 @@ class BackgroundFollower:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
+        """Start following, unless BACKGROUND_POLL_SECONDS is 0 (this instance then leaves it to the others)."""
+        if settings.BACKGROUND_POLL_SECONDS <= 0:
+            logger.info("background responses: not followed by this process (BACKGROUND_POLL_SECONDS=0)")
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tollgate-background-follower")
 

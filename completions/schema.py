@@ -306,6 +306,13 @@ def describe_cross_field_rules(result, generator, request, public):
     ]
     if "ChatCompletionCreateRequest" in schemas:
         schemas["ChatCompletionCreateRequest"]["anyOf"] = stream_options_rule
+    if "ResponseCreateRequest" in schemas:
+        # `previous_response_id` and `conversation` together are refused.
+        schemas["ResponseCreateRequest"]["anyOf"] = [
+            {"not": {"required": ["previous_response_id"]}},
+            {"properties": {"previous_response_id": {"nullable": True, "enum": [None]}}},
+            {"not": {"required": ["conversation"]}},
+        ]
     if "CompletionCreateRequest" in schemas:
         schemas["CompletionCreateRequest"]["allOf"] = [
             {"anyOf": stream_options_rule},
@@ -515,14 +522,64 @@ moderation_schema = relayed_endpoint_schema(
 # The Responses API and conversations
 
 
+OBJECT_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "role": {"enum": ["user", "assistant", "system", "developer"]},
+                        "content": {"type": "string"},
+                    },
+                    "required": ["role", "content"],
+                },
+            },
+        ]
+    }
+)
+class ResponseInputField(serializers.JSONField):
+    """A Responses `input`: a string, or input items (described here as messages; other item types pass too)."""
+
+
+@extend_schema_field({"oneOf": [OBJECT_ID, {"type": "object", "properties": {"id": OBJECT_ID}, "required": ["id"]}]})
+class ConversationRefField(serializers.JSONField):
+    """A conversation id, or an object with its `id`."""
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": {"enum": ["function"]},
+                "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
+                "parameters": {"type": "object"},
+            },
+            "required": ["type", "name"],
+        },
+    }
+)
+class ToolsField(serializers.JSONField):
+    """`tools`: objects with a `type` (described here as function tools; hosted tools pass too, if allowed)."""
+
+
 class ResponseCreateSerializer(serializers.Serializer):
     """The main fields of OpenAI's CreateResponse, with the checks Tollgate makes; every other field passes."""
 
     model = serializers.CharField(
         validators=[RegexValidator(r"\S")], help_text="Model id; must be allowed for the key."
     )
-    input = AnyJSONField(required=False, help_text="A string, or an array of input items.")
-    instructions = AnyJSONField(required=False, help_text="A system (developer) message, a string.")
+    input = ResponseInputField(required=False, help_text="A string, or an array of input items.")
+    instructions = serializers.CharField(
+        required=False, allow_blank=True, help_text="A system (developer) message, a string."
+    )
     stream = serializers.BooleanField(required=False, allow_null=True, help_text="`true`: typed SSE events.")
     background = serializers.BooleanField(
         required=False,
@@ -531,13 +588,17 @@ class ResponseCreateSerializer(serializers.Serializer):
         "until the response ends, then settles it at its real usage.",
     )
     store = serializers.BooleanField(required=False, allow_null=True)
-    previous_response_id = serializers.CharField(
-        required=False, allow_null=True, help_text="Must be a response this key's lineage created (else 404)."
+    previous_response_id = serializers.RegexField(
+        r"^[A-Za-z0-9_-]+$",
+        max_length=128,
+        required=False,
+        allow_null=True,
+        help_text="Must be a response this key's lineage created (else 404).",
     )
-    conversation = AnyJSONField(
+    conversation = ConversationRefField(
         required=False, help_text="A conversation id (or `{id}`) this key's lineage created (else 404)."
     )
-    tools = AnyJSONField(
+    tools = ToolsField(
         required=False,
         help_text="Hosted tool types must be allowed for the key (else 403, `param: tools`); function tools always "
         "are. Hosted tool calls are priced per call.",
@@ -551,11 +612,13 @@ class ResponseCreateSerializer(serializers.Serializer):
 
 
 class InputTokensSerializer(serializers.Serializer):
-    model = serializers.CharField(required=False, validators=[RegexValidator(r"\S")])
-    input = AnyJSONField(required=False)
-    previous_response_id = serializers.CharField(required=False, allow_null=True)
-    conversation = AnyJSONField(required=False)
-    tools = AnyJSONField(required=False)
+    model = serializers.CharField(
+        validators=[RegexValidator(r"\S")], help_text="Optional to Tollgate; described as sent."
+    )
+    input = ResponseInputField(required=False)
+    previous_response_id = serializers.RegexField(r"^[A-Za-z0-9_-]+$", max_length=128, required=False, allow_null=True)
+    conversation = ConversationRefField(required=False)
+    tools = ToolsField(required=False)
 
 
 class ConversationSerializer(serializers.Serializer):
@@ -581,7 +644,15 @@ NOT_OWNED = _error(
 
 
 def state_endpoint_schema(
-    *, summary: str, description: str, tag: str, request=None, streams: bool = False, parameters=(), forbidden=False
+    *,
+    operation_id: str,
+    summary: str,
+    description: str,
+    tag: str,
+    request=None,
+    streams: bool = False,
+    parameters=(),
+    forbidden=False,
 ):
     """An endpoint on server-side state: the upstream's answer unchanged, ownership refusals as 404."""
     ok = {
@@ -605,6 +676,8 @@ def state_endpoint_schema(
     if forbidden:
         responses[403] = _error("A hosted tool type the key may not use (code `tool_not_allowed`, `param: tools`).")
     return extend_schema(
+        # Explicit: several routes share a view class per path, and the derived ids of two paths collide.
+        operation_id=operation_id,
         summary=summary,
         description=description,
         tags=[tag],
@@ -615,6 +688,7 @@ def state_endpoint_schema(
 
 
 response_create_schema = state_endpoint_schema(
+    operation_id="response_create",
     summary="Create a response",
     description="OpenAI's `POST /responses`: plain, `stream: true` (typed events) or `background: true`. The "
     "response belongs to the key's lineage. A follow-up reserves the recorded size of the chain it continues plus "
@@ -625,6 +699,7 @@ response_create_schema = state_endpoint_schema(
     forbidden=True,
 )
 response_retrieve_schema = state_endpoint_schema(
+    operation_id="response_retrieve",
     summary="Retrieve a response",
     description="`GET /responses/{id}`; with `?stream=true&starting_after=N`, the response's events from N on.",
     tag="responses",
@@ -632,41 +707,56 @@ response_retrieve_schema = state_endpoint_schema(
     parameters=[
         RESPONSE_ID,
         OpenApiParameter("stream", OpenApiTypes.BOOL, OpenApiParameter.QUERY),
-        OpenApiParameter("starting_after", OpenApiTypes.INT, OpenApiParameter.QUERY),
+        OpenApiParameter(
+            "starting_after",
+            {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            OpenApiParameter.QUERY,
+            description="The sequence number after which to resume (0 to 2^31 - 1).",
+        ),
     ],
 )
 response_delete_schema = state_endpoint_schema(
-    summary="Delete a response", description="`DELETE /responses/{id}`.", tag="responses", parameters=[RESPONSE_ID]
+    operation_id="response_delete",
+    summary="Delete a response",
+    description="`DELETE /responses/{id}`.",
+    tag="responses",
+    parameters=[RESPONSE_ID],
 )
 response_cancel_schema = state_endpoint_schema(
+    operation_id="response_cancel",
     summary="Cancel a background response",
     description="`POST /responses/{id}/cancel`; the response is settled at its real usage.",
     tag="responses",
     parameters=[RESPONSE_ID],
 )
 response_input_items_schema = state_endpoint_schema(
+    operation_id="response_input_items",
     summary="List a response's input items",
     description="`GET /responses/{id}/input_items` (`after`, `limit`, `order`, `include`).",
     tag="responses",
     parameters=[RESPONSE_ID],
 )
 response_input_tokens_schema = state_endpoint_schema(
+    operation_id="response_input_tokens",
     summary="Count input tokens",
     description="`POST /responses/input_tokens`: free, one request against requests per minute.",
     tag="responses",
     request=InputTokensSerializer,
 )
 conversation_create_schema = state_endpoint_schema(
+    operation_id="conversation_create",
     summary="Create a conversation",
     description="`POST /conversations`; the conversation belongs to the key's lineage. Free.",
     tag="conversations",
     request=ConversationSerializer,
 )
 conversation_retrieve_schema = state_endpoint_schema(
+    operation_id="conversation_retrieve",
     summary="Retrieve a conversation", description="`GET /conversations/{id}`.", tag="conversations",
     parameters=[CONVERSATION_ID],
 )  # fmt: skip
 conversation_update_schema = state_endpoint_schema(
+    operation_id="conversation_update",
     summary="Update a conversation",
     description="`POST /conversations/{id}` (its `metadata`).",
     tag="conversations",
@@ -674,10 +764,12 @@ conversation_update_schema = state_endpoint_schema(
     parameters=[CONVERSATION_ID],
 )
 conversation_delete_schema = state_endpoint_schema(
+    operation_id="conversation_delete",
     summary="Delete a conversation", description="`DELETE /conversations/{id}`.", tag="conversations",
     parameters=[CONVERSATION_ID],
 )  # fmt: skip
 conversation_items_create_schema = state_endpoint_schema(
+    operation_id="conversation_items_create",
     summary="Add items to a conversation",
     description="`POST /conversations/{id}/items` (up to 20 items).",
     tag="conversations",
@@ -685,14 +777,17 @@ conversation_items_create_schema = state_endpoint_schema(
     parameters=[CONVERSATION_ID],
 )
 conversation_items_list_schema = state_endpoint_schema(
+    operation_id="conversation_items_list",
     summary="List a conversation's items", description="`GET /conversations/{id}/items`.", tag="conversations",
     parameters=[CONVERSATION_ID],
 )  # fmt: skip
 conversation_item_retrieve_schema = state_endpoint_schema(
+    operation_id="conversation_item_retrieve",
     summary="Retrieve a conversation item", description="`GET /conversations/{id}/items/{item_id}`.",
     tag="conversations", parameters=[CONVERSATION_ID, ITEM_ID],
 )  # fmt: skip
 conversation_item_delete_schema = state_endpoint_schema(
+    operation_id="conversation_item_delete",
     summary="Delete a conversation item", description="`DELETE /conversations/{id}/items/{item_id}`.",
     tag="conversations", parameters=[CONVERSATION_ID, ITEM_ID],
 )  # fmt: skip

@@ -112,6 +112,11 @@ class Gateway(ServerProcess):
             "OPENAI_BASE_URL": f"{upstream_url}/v1",
             "OPENAI_API_KEY": UPSTREAM_KEY,
             "PYTHONUNBUFFERED": "1",
+            # The gateways of one test run share one database: a long-lived gateway of another test (with other
+            # settings) would otherwise claim alerts and settle background responses a test is watching. A test
+            # that needs them turns them on in its own gateways.
+            "ALERT_CHECK_SECONDS": "0",
+            "BACKGROUND_POLL_SECONDS": "0",
             **(env or {}),
         }
         argv = [

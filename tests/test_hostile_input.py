@@ -59,11 +59,18 @@ def assert_sane(response: httpx.Response, what) -> None:
     assert status < 500, (status, response.text[:500], what)
     if status == 200:
         if response.headers["content-type"].startswith("text/event-stream"):
-            assert response.text.rstrip().endswith("data: [DONE]"), (response.text[-300:], what)
+            # Chat and legacy completions end with `[DONE]`; the Responses API's typed events with a terminal event.
+            last = response.text.rstrip().rsplit("\n\n", 1)[-1]
+            terminal = ("event: response.completed", "event: response.incomplete", "event: response.failed")
+            assert last == "data: [DONE]" or last.startswith(terminal), (response.text[-300:], what)
         else:
-            # choices: chat and legacy completions; data: embeddings and the model list; results: moderations.
+            # choices: chat and legacy completions; data: embeddings, lists; results: moderations; object: the
+            # Responses API's and conversations' objects.
             body = response.json()
-            assert "choices" in body or "data" in body or "results" in body, (response.text[:300], what)
+            assert isinstance(body, dict) and body.keys() & {"choices", "data", "results", "object"}, (
+                response.text[:300],
+                what,
+            )
     else:
         problem = openai_error_problem(response)
         assert not problem, (problem, what)

@@ -150,7 +150,7 @@ RATE_LIMIT_REDIS_PREFIX = env("RATE_LIMIT_REDIS_PREFIX", default="tollgate")
 
 # BACKGROUND RESPONSES (completions/background.py)
 # How often each worker looks for background responses to follow, and how long it waits before polling a running
-# one again; a response is settled within about this long after it ends.
+# one again; a response is settled within about this long after it ends. 0: this instance follows none (another must).
 BACKGROUND_POLL_SECONDS = env.float("BACKGROUND_POLL_SECONDS", default=2.0)
 
 # BUDGETS AND PRICES (usage/pricing.py; prices are ModelPrice rows, editable in the admin)

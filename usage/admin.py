@@ -164,8 +164,49 @@ def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
+class AuditedPriceAdmin(admin.ModelAdmin):
+    """A price table's admin whose every add, edit and delete goes through its `usage.services` functions, which
+    write the price audit log; the page shows the row's own audit trail. Subclasses name the table and services."""
+
+    audit_table = ""
+    price_fields: tuple = ()
+    create_service: Any = None
+    update_service: Any = None
+    delete_service: Any = None
+
+    @admin.display(description="changes")
+    def audit_trail(self, obj: Any) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        entries = PriceAuditEntry.objects.filter(table=self.audit_table, price_id=obj.pk)[:50]
+        lines = [
+            f"{entry.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {entry.actor}, {entry.action}: {_changes(entry)}"
+            for entry in entries
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "—"
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        fields = {name: getattr(obj, name) for name in self.price_fields}
+        if change:
+            # `obj` already holds the form's values; the service reads the old ones from the database.
+            saved = self.update_service(
+                price=obj, actor=_actor(request), **{name: fields[name] for name in form.changed_data if name in fields}
+            )
+        else:
+            saved = self.create_service(actor=_actor(request), **fields)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self.delete_service(price=obj, actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for price in queryset:
+            self.delete_service(price=price, actor=_actor(request))
+
+
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(AuditedPriceAdmin):
     """USD per million tokens. A price change is a new row with a later `effective_from`: each record's cost is
     computed when the request finishes, from the price then in force, and stored with the record.
 
@@ -210,39 +251,15 @@ class ModelPriceAdmin(admin.ModelAdmin):
         ("Audit trail", {"fields": ("audit_trail",)}),
     )
 
-    @admin.display(description="changes")
-    def audit_trail(self, obj: ModelPrice) -> str:
-        if obj is None or obj.pk is None:
-            return "—"
-        entries = PriceAuditEntry.objects.filter(table="model", price_id=obj.pk)[:50]
-        lines = [
-            f"{entry.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {entry.actor}, {entry.action}: {_changes(entry)}"
-            for entry in entries
-        ]
-        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "—"
-
-    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
-        fields = {name: getattr(obj, name) for name in PRICE_FIELDS}
-        if change:
-            # `obj` already holds the form's values; the service reads the old ones from the database.
-            saved = model_price_update(
-                price=obj, actor=_actor(request), **{name: fields[name] for name in form.changed_data if name in fields}
-            )
-        else:
-            saved = model_price_create(actor=_actor(request), **fields)
-        obj.pk = saved.pk
-        obj.refresh_from_db()
-
-    def delete_model(self, request: HttpRequest, obj: ModelPrice) -> None:
-        model_price_delete(price=obj, actor=_actor(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for price in queryset:
-            model_price_delete(price=price, actor=_actor(request))
+    audit_table = "model"
+    price_fields = PRICE_FIELDS
+    create_service = staticmethod(model_price_create)
+    update_service = staticmethod(model_price_update)
+    delete_service = staticmethod(model_price_delete)
 
 
 @admin.register(ToolPrice)
-class ToolPriceAdmin(admin.ModelAdmin):
+class ToolPriceAdmin(AuditedPriceAdmin):
     """USD per call of a hosted tool, by the output item type of its calls. Every change goes through
     `usage.services` and is kept in the price audit log (`table` = `tool`)."""
 
@@ -267,34 +284,11 @@ class ToolPriceAdmin(admin.ModelAdmin):
         ("Audit trail", {"fields": ("audit_trail",)}),
     )
 
-    @admin.display(description="changes")
-    def audit_trail(self, obj: ToolPrice) -> str:
-        if obj is None or obj.pk is None:
-            return "—"
-        entries = PriceAuditEntry.objects.filter(table="tool", price_id=obj.pk)[:50]
-        lines = [
-            f"{entry.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {entry.actor}, {entry.action}: {_changes(entry)}"
-            for entry in entries
-        ]
-        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "—"
-
-    def save_model(self, request: HttpRequest, obj: ToolPrice, form: Any, change: bool) -> None:
-        fields = {name: getattr(obj, name) for name in TOOL_PRICE_FIELDS}
-        if change:
-            saved = tool_price_update(
-                price=obj, actor=_actor(request), **{name: fields[name] for name in form.changed_data if name in fields}
-            )
-        else:
-            saved = tool_price_create(actor=_actor(request), **fields)
-        obj.pk = saved.pk
-        obj.refresh_from_db()
-
-    def delete_model(self, request: HttpRequest, obj: ToolPrice) -> None:
-        tool_price_delete(price=obj, actor=_actor(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for price in queryset:
-            tool_price_delete(price=price, actor=_actor(request))
+    audit_table = "tool"
+    price_fields = TOOL_PRICE_FIELDS
+    create_service = staticmethod(tool_price_create)
+    update_service = staticmethod(tool_price_update)
+    delete_service = staticmethod(tool_price_delete)
 
 
 @admin.register(PriceAuditEntry)

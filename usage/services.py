@@ -8,6 +8,7 @@ Workers pick a change up on their next price-table reload (`PRICE_CACHE_SECONDS`
 usage record keeps the cost it was charged.
 """
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypedDict, Unpack
@@ -47,12 +48,66 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _snapshot(price: ModelPrice) -> dict[str, Any]:
-    return {name: _jsonable(getattr(price, name)) for name in PRICE_FIELDS}
+@dataclass(frozen=True)
+class _PriceTable:
+    """One audited price table: its model, its audited fields, its `PriceAuditEntry.table`, and the field that
+    names what is priced (stored as the entry's `model`)."""
+
+    model: Any
+    fields: tuple[str, ...]
+    table: str
+    name_field: str
+
+    def snapshot(self, price: Any) -> dict[str, Any]:
+        return {name: _jsonable(getattr(price, name)) for name in self.fields}
+
+    def audit(self, *, actor: str, action: str, price: Any, changes: dict, price_id: int | None) -> None:
+        PriceAuditEntry.objects.create(
+            actor=actor,
+            action=action,
+            table=self.table,
+            price_id=price_id,
+            model=getattr(price, self.name_field),
+            changes=changes,
+        )
+
+    def created(self, *, price: Any, actor: str) -> Any:
+        """Validate and save a new row, and audit it (`{field: [None, new]}`)."""
+        price.full_clean()
+        price.save()
+        price.refresh_from_db()
+        changes = {name: [None, value] for name, value in self.snapshot(price).items()}
+        self.audit(actor=actor, action=PriceAuditAction.CREATE, price=price, changes=changes, price_id=price.pk)
+        return price
+
+    def update(self, *, price: Any, actor: str, changes: dict, service: str) -> Any:
+        """See `model_price_update`."""
+        unknown = set(changes) - set(self.fields)
+        if unknown:
+            raise TypeError(f"{service}() got unexpected fields: {', '.join(sorted(unknown))}")
+        current = self.model.objects.select_for_update().get(pk=price.pk)
+        before = self.snapshot(current)
+        for name, value in changes.items():
+            setattr(current, name, value)
+        current.full_clean()
+        current.save()
+        current.refresh_from_db()
+        after = self.snapshot(current)
+        diff = {name: [before[name], after[name]] for name in self.fields if before[name] != after[name]}
+        if diff:
+            self.audit(actor=actor, action=PriceAuditAction.UPDATE, price=current, changes=diff, price_id=current.pk)
+        return current
+
+    def delete(self, *, price: Any, actor: str) -> None:
+        """Delete a row and audit it (`{field: [old, None]}`)."""
+        current = self.model.objects.select_for_update().get(pk=price.pk)
+        changes = {name: [value, None] for name, value in self.snapshot(current).items()}
+        price_id = current.pk
+        current.delete()
+        self.audit(actor=actor, action=PriceAuditAction.DELETE, price=current, changes=changes, price_id=price_id)
 
 
-def _audit(*, actor: str, action: str, price: ModelPrice, changes: dict[str, list[Any]], price_id: int | None) -> None:
-    PriceAuditEntry.objects.create(actor=actor, action=action, price_id=price_id, model=price.model, changes=changes)
+_MODEL_PRICES = _PriceTable(model=ModelPrice, fields=PRICE_FIELDS, table="model", name_field="model")
 
 
 @transaction.atomic
@@ -80,12 +135,8 @@ def model_price_create(
     )
     if effective_from is not None:
         price.effective_from = effective_from
-    price.full_clean()
-    price.save()
-    price.refresh_from_db()  # the values as stored (decimal places), for the audit trail and the caller
-    changes = {name: [None, value] for name, value in _snapshot(price).items()}
-    _audit(actor=actor, action=PriceAuditAction.CREATE, price=price, changes=changes, price_id=price.pk)
-    return price
+    # Saved, then read back as stored (decimal places), for the audit trail and the caller.
+    return _MODEL_PRICES.created(price=price, actor=actor)
 
 
 @transaction.atomic
@@ -97,32 +148,14 @@ def model_price_update(*, price: ModelPrice, actor: str, **changes: Unpack[Price
     passes an instance its form already modified). Raises `TypeError` for a field not in `PriceChanges` and
     `ValidationError` (nothing written) as `model_price_create` does; `ModelPrice.DoesNotExist` if the row is gone.
     """
-    unknown = set(changes) - set(PRICE_FIELDS)
-    if unknown:
-        raise TypeError(f"model_price_update() got unexpected fields: {', '.join(sorted(unknown))}")
-    current = ModelPrice.objects.select_for_update().get(pk=price.pk)
-    before = _snapshot(current)
-    for name, value in changes.items():
-        setattr(current, name, value)
-    current.full_clean()
-    current.save()
-    current.refresh_from_db()
-    after = _snapshot(current)
-    diff = {name: [before[name], after[name]] for name in PRICE_FIELDS if before[name] != after[name]}
-    if diff:
-        _audit(actor=actor, action=PriceAuditAction.UPDATE, price=current, changes=diff, price_id=current.pk)
-    return current
+    return _MODEL_PRICES.update(price=price, actor=actor, changes=dict(changes), service="model_price_update")
 
 
 @transaction.atomic
 def model_price_delete(*, price: ModelPrice, actor: str) -> None:
     """Delete a price row and audit it (`changes`: `{field: [old, None]}`). Records already written keep their
     cost; requests from now on take the model's other rows, or the fallback price."""
-    current = ModelPrice.objects.select_for_update().get(pk=price.pk)
-    changes = {name: [value, None] for name, value in _snapshot(current).items()}
-    price_id = current.pk
-    current.delete()
-    _audit(actor=actor, action=PriceAuditAction.DELETE, price=current, changes=changes, price_id=price_id)
+    _MODEL_PRICES.delete(price=price, actor=actor)
 
 
 # HOSTED TOOL PRICES (the same audit trail, `table` = `tool`, `model` naming the tool)
@@ -130,14 +163,7 @@ def model_price_delete(*, price: ModelPrice, actor: str) -> None:
 TOOL_PRICE_FIELDS = ("tool", "per_call_usd", "effective_from")
 
 
-def _tool_snapshot(price: ToolPrice) -> dict[str, Any]:
-    return {name: _jsonable(getattr(price, name)) for name in TOOL_PRICE_FIELDS}
-
-
-def _tool_audit(*, actor: str, action: str, price: ToolPrice, changes: dict, price_id: int | None) -> None:
-    PriceAuditEntry.objects.create(
-        actor=actor, action=action, table="tool", price_id=price_id, model=price.tool, changes=changes
-    )
+_TOOL_PRICES = _PriceTable(model=ToolPrice, fields=TOOL_PRICE_FIELDS, table="tool", name_field="tool")
 
 
 @transaction.atomic
@@ -149,39 +175,16 @@ def tool_price_create(
     price = ToolPrice(tool=tool, per_call_usd=per_call_usd)
     if effective_from is not None:
         price.effective_from = effective_from
-    price.full_clean()
-    price.save()
-    price.refresh_from_db()
-    changes = {name: [None, value] for name, value in _tool_snapshot(price).items()}
-    _tool_audit(actor=actor, action=PriceAuditAction.CREATE, price=price, changes=changes, price_id=price.pk)
-    return price
+    return _TOOL_PRICES.created(price=price, actor=actor)
 
 
 @transaction.atomic
 def tool_price_update(*, price: ToolPrice, actor: str, **changes: Any) -> ToolPrice:
     """Change a tool price row and audit what changed (as `model_price_update`)."""
-    unknown = set(changes) - set(TOOL_PRICE_FIELDS)
-    if unknown:
-        raise TypeError(f"tool_price_update() got unexpected fields: {', '.join(sorted(unknown))}")
-    current = ToolPrice.objects.select_for_update().get(pk=price.pk)
-    before = _tool_snapshot(current)
-    for name, value in changes.items():
-        setattr(current, name, value)
-    current.full_clean()
-    current.save()
-    current.refresh_from_db()
-    after = _tool_snapshot(current)
-    diff = {name: [before[name], after[name]] for name in TOOL_PRICE_FIELDS if before[name] != after[name]}
-    if diff:
-        _tool_audit(actor=actor, action=PriceAuditAction.UPDATE, price=current, changes=diff, price_id=current.pk)
-    return current
+    return _TOOL_PRICES.update(price=price, actor=actor, changes=changes, service="tool_price_update")
 
 
 @transaction.atomic
 def tool_price_delete(*, price: ToolPrice, actor: str) -> None:
     """Delete a tool price row and audit it; the tool's calls then cost its other rows' price, or nothing."""
-    current = ToolPrice.objects.select_for_update().get(pk=price.pk)
-    changes = {name: [value, None] for name, value in _tool_snapshot(current).items()}
-    price_id = current.pk
-    current.delete()
-    _tool_audit(actor=actor, action=PriceAuditAction.DELETE, price=current, changes=changes, price_id=price_id)
+    _TOOL_PRICES.delete(price=price, actor=actor)

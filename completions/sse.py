@@ -44,6 +44,18 @@ class StreamState:
     pending: bytes = field(default=b"", repr=False)
 
 
+def complete_events(state: StreamState, chunk: bytes) -> list[bytes]:
+    """The events `state.pending + chunk` completes (CRLF read as LF); the incomplete rest stays pending."""
+    if b"\r" in chunk:
+        chunk = chunk.replace(b"\r\n", b"\n")
+    pending = state.pending + chunk if state.pending else chunk
+    if b"\n\n" not in pending:
+        state.pending = pending
+        return []
+    *events, state.pending = pending.split(b"\n\n")
+    return events
+
+
 class DataEventStream:
     """`data: <json>` events ended by `data: [DONE]` (chat completions, legacy completions).
 
@@ -56,13 +68,9 @@ class DataEventStream:
 
     def cut(self, state: StreamState, chunk: bytes) -> bytes:
         """The complete events of `state.pending + chunk`, filtered, ready to send (b"" if none is complete)."""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        pending = state.pending + chunk if state.pending else chunk
-        if b"\n\n" not in pending:
-            state.pending = pending
+        events = complete_events(state, chunk)
+        if not events:
             return b""
-        *events, state.pending = pending.split(b"\n\n")
         out = []
         for event in events:
             if not event:
@@ -114,13 +122,9 @@ class TypedEventStream:
 
     def cut(self, state: StreamState, chunk: bytes) -> bytes:
         """The complete events of `state.pending + chunk`, ready to send (b"" if none is complete)."""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        pending = state.pending + chunk if state.pending else chunk
-        if b"\n\n" not in pending:
-            state.pending = pending
+        events = complete_events(state, chunk)
+        if not events:
             return b""
-        *events, state.pending = pending.split(b"\n\n")
         out = []
         for event in events:
             if not event:

@@ -89,10 +89,26 @@ def test_metrics_are_summed_across_workers(start_gateway, make_key):
     with gateway.client(other_raw) as client:
         chat(client, "another key")
 
-    # Every worker writes its own files; /metrics must add them up.
+    # Every worker writes its own files; /metrics must add them up. The kernel usually spreads new connections
+    # over the workers, but one busy worker may take them all: a third key keeps asking (slow requests, 16 at a
+    # time, at most 20 rounds) until a second worker has served one, so the sum below really adds up files.
     multiproc_dir = Path(tempfile.gettempdir()) / f"tollgate-prometheus-{gateway.process.pid}"
-    writers = {path.stem.rsplit("_", 1)[-1] for path in multiproc_dir.glob("counter_*.db")}
-    assert len(writers) >= 2, f"requests were not spread over workers: {writers}"
+
+    def writers():
+        return {path.stem.rsplit("_", 1)[-1] for path in multiproc_dir.glob("counter_*.db")}
+
+    _, spreader_raw = make_key(name="metrics-spreader")
+
+    def spread(i):
+        with gateway.client(spreader_raw, http_client=httpx.Client()) as client:
+            chat(client, f"spread {i}", extra_body={"fake": {"delay_ms": 100}})
+
+    for _ in range(20):
+        if len(writers()) >= 2:
+            break
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(spread, range(16)))
+    assert len(writers()) >= 2, f"requests were not spread over workers: {writers()}"
 
     assert httpx.get(f"{gateway.url}/metrics", timeout=10).status_code == 401
     assert httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401

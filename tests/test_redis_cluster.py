@@ -1,0 +1,172 @@
+"""Tollgate on a real Redis Cluster (`REDIS_CLUSTER=true`, `REDIS_URL` = a seed node): three masters and three
+replicas, `redis-server --cluster-enabled yes` on free loopback ports, joined by `redis-cli --cluster create`.
+
+* every atomic script keeps all its keys in one hash slot (a key's counters with its team's), for every ticket
+  shape the relay builds: checked against the cluster's own slot function;
+* the factory's clients (`core.redis`, sync and async) work on the cluster, scripts included, and a script is
+  loaded again on a master that has never seen it (NOSCRIPT after a failover);
+* 200 concurrent requests on a 40-per-minute key through a real gateway: exactly 40 pass;
+* the master holding a key's counters (also the seed node in REDIS_URL) killed under load: no 500, service
+  resumes by itself within 15 s, and what the failover lost is bounded (tests/redis_topologies.py says how).
+
+The figures are printed (`pytest -s`).
+"""
+
+import asyncio
+import shutil
+import uuid
+from collections import Counter
+
+import pytest
+import redis
+
+from core.redis import RedisTopology, close_async_redis, new_async_redis, new_sync_redis
+from metering import BudgetHold, LimitTicket
+from metering.base import BudgetWindow
+from metering.redis_store import RedisLimitStore
+from tests.redis_topologies import (
+    PRICED_ENV,
+    LocalCluster,
+    check_failover,
+    failover_under_load,
+    needs_redis_server,
+)
+from tests.test_rate_limits import burst
+
+pytestmark = pytest.mark.slow
+
+
+def _budget(period="month"):
+    from django.utils import timezone
+
+    return BudgetHold(cap=100, reserve=1, window=BudgetWindow.at(period, timezone.now()), ttl=60)
+
+
+def test_every_script_keeps_its_keys_in_one_hash_slot():
+    """The keys of one admit/settle call, for a key alone and a key in a team, with every limit and a budget."""
+    store = RedisLimitStore(topology=RedisTopology(mode="cluster", url="redis://127.0.0.1:1/0"))
+    limits = {"rpm": 5, "tpm": 100, "tokens": 3, "max_concurrent": 2, "budget": _budget()}
+    lineage = uuid.uuid4().hex[:8]
+    alone = LimitTicket(key_prefix=lineage, scope=lineage, request_id="r1", **limits)
+    team_scope = f"team:{uuid.uuid4().int % 10**6}"
+    team = LimitTicket(key_prefix=lineage, scope=team_scope, request_id="r2", subject="team t", **limits)
+    in_team = LimitTicket(key_prefix=lineage, scope=lineage, request_id="r2", tag=team_scope, team=team, **limits)
+    for ticket in (alone, in_team):
+        keys = store.keys(ticket)
+        assert len(keys) == 6 * len(ticket.parts())
+        assert len({redis.cluster.key_slot(k.encode()) for k in keys}) == 1, keys
+    # A key in a team keeps its own counters (not the team's), in the team's slot.
+    own, teams = store.keys(in_team)[:6], store.keys(in_team)[6:]
+    assert not set(own) & set(teams) and all(f"{{{team_scope}}}" in k for k in own + teams)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip("redis-server and redis-cli are not installed (CI has them)")
+    directory = tmp_path_factory.mktemp("redis-cluster")
+    local = LocalCluster(directory)
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """A cluster of its own for a test that kills a node."""
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip("redis-server and redis-cli are not installed (CI has them)")
+    local = LocalCluster(tmp_path / "redis-cluster")
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+
+
+def cluster_env(node) -> dict:
+    return {"REDIS_CLUSTER": "true", "REDIS_URL": f"redis://127.0.0.1:{node.port}/0"}
+
+
+def topology(node) -> RedisTopology:
+    return RedisTopology(mode="cluster", url=f"redis://127.0.0.1:{node.port}/0")
+
+
+@needs_redis_server
+def test_factory_clients_run_commands_and_scripts_on_every_master(cluster):
+    seed = cluster.nodes[0]
+    sync = new_sync_redis(topology=topology(seed))
+    try:
+        # Keys spread over the three masters: the client follows the slot map.
+        names = [f"factory-{i}" for i in range(30)]
+        for name in names:
+            sync.set(name, name)
+        assert [sync.get(name).decode() for name in names] == names
+        assert len({cluster.master_of(name).port for name in names}) == 3
+    finally:
+        sync.close()
+
+    store = RedisLimitStore(topology=topology(seed))
+
+    async def run():
+        results = []
+        for index in range(12):  # twelve lineages: their scripts run on every master
+            lineage = f"slot{index}-{uuid.uuid4().hex[:6]}"
+            for n in range(3):
+                ticket = LimitTicket(key_prefix=lineage, scope=lineage, request_id=f"{lineage}-{n}", rpm=2)
+                results.append((lineage, (await store.admit(ticket)).status))
+        client = new_async_redis(topology=topology(seed))
+        try:
+            # A master that never saw the script (a promoted replica after a failover) answers NOSCRIPT once;
+            # the client loads it there and runs it: flush every master's script cache and admit again.
+            for node in cluster.masters().values():
+                with node.client() as direct:
+                    direct.script_flush()
+            again = LimitTicket(key_prefix="reload", scope=f"reload-{uuid.uuid4().hex[:6]}", request_id="x", rpm=1)
+            reloaded = (await store.admit(again)).status
+            assert await client.ping()
+        finally:
+            await close_async_redis(client)
+            await store.aclose()
+        return results, reloaded
+
+    results, reloaded = asyncio.run(run())
+    lineages = {lineage for lineage, _ in results}
+    assert len({cluster.master_of(f"{{{lineage}}}").port for lineage in lineages}) == 3
+    # rpm=2: the third request of each lineage is refused (status 1), on whichever master holds it.
+    assert [status for _, status in results] == [0, 0, 1] * 12
+    assert reloaded == 0
+
+
+@needs_redis_server
+def test_200_concurrent_requests_on_a_40_per_minute_key_get_exactly_40_through(cluster, make_key, start_gateway):
+    gateway = start_gateway(name="cluster-exact", workers=3, env=cluster_env(cluster.nodes[1]))
+    _, raw = make_key(name="cluster-burst", rpm=40)
+    counts = burst([(gateway, raw)], 200)
+    print("\ncluster exactness run:", dict(counts))
+    assert counts == Counter({(200, None): 40, (429, "rate_limit_exceeded"): 160})
+
+
+@needs_redis_server
+def test_master_killed_under_load_no_500_resumes_and_loses_at_most_the_replication_lag(
+    own_cluster, make_key, start_gateway
+):
+    key, raw = make_key(name="cluster-failover", rpm=1_000_000, budget_usd=1000)
+    # The seed node in REDIS_URL is the very master that dies: once started, the client knows every node.
+    victim = own_cluster.master_of(f"{{{key.lineage}}}")
+    env = {**cluster_env(victim), **PRICED_ENV, "USAGE_FLUSH_SECONDS": "0.1"}
+    gateway = start_gateway(name="cluster-failover", workers=2, env=env)
+
+    def current_master():
+        return own_cluster.master_of(f"{{{key.lineage}}}").client()
+
+    result = failover_under_load(gateway=gateway, key=key, raw=raw, kill=victim.kill, current_master=current_master)
+    summary = check_failover(result, gateway)
+    print(f"\ncluster failover: {summary}")
+    assert own_cluster.master_of(f"{{{key.lineage}}}").port != victim.port  # a replica took over
+
+    # The limits count on the new master: a fresh key with 3 requests per minute gets exactly 3.
+    _, tight = make_key(name="cluster-after", rpm=3)
+    counts = burst([(gateway, tight)], 5)
+    assert counts == Counter({(200, None): 3, (429, "rate_limit_exceeded"): 2}), dict(counts)

@@ -1,6 +1,7 @@
 """The stores behind Tollgate's per-key limits and budgets: what one atomic admission and settlement do.
 
-`get_limit_store()` picks Redis (`redis_store`, when Redis is configured: `core.redis`) or the database (`database_store`).
+`get_limit_store()` picks Redis (`redis_store`, when Redis is configured: `core.redis`) or the database
+(`database_store`).
 Both take a `LimitTicket` (every limit of one request plus its budget reservation) and answer with an
 `AdmitResult`; `metering.throttling` turns that into headers and errors.
 """

@@ -42,10 +42,13 @@ SETTLE_LUA = (SCRIPTS_DIR / "settle.lua").read_text()
 
 
 class _LoopClient:
-    __slots__ = ("admit", "client", "prepared", "settle")
+    __slots__ = ("admit", "client", "gate", "prepared", "settle")
 
-    def __init__(self, client):
+    def __init__(self, client, max_calls: int):
         self.client = client
+        # Calls in flight at once, at most the pool's connections: a Cluster node's pool refuses a command when all
+        # its connections are busy (MaxConnectionsError) instead of waiting like the other pools, so calls queue here.
+        self.gate = asyncio.Semaphore(max_calls)
         self.admit = client.register_script(ADMIT_LUA)
         self.settle = client.register_script(SETTLE_LUA)
         self.prepared: asyncio.Future | None = None
@@ -99,7 +102,7 @@ class RedisLimitStore(LimitStore):
         loop = asyncio.get_running_loop()
         entry = self._clients.get(loop)
         if entry is None:
-            entry = self._clients[loop] = _LoopClient(self.build_client())
+            entry = self._clients[loop] = _LoopClient(self.build_client(), self.max_connections)
         return entry
 
     def _drop_client(self, entry: _LoopClient) -> None:
@@ -118,8 +121,9 @@ class RedisLimitStore(LimitStore):
 
         Every key of one script carries the same hash tag: `{<lineage>}` for a key without a team, `{team:<id>}` for
         a key in a team and for its team: on a Redis Cluster all keys of a Lua script must hash to one slot, and a
-        key's counters sit with its team's (tests/test_redis_cluster.py checks every ticket shape). A key that changes team moves to other counters: its requests and tokens of the last minute start
-        afresh, and its budget counter is read again from the usage records.
+        key's counters sit with its team's (tests/test_redis_cluster.py checks every ticket shape). A key that
+        changes team moves to other counters: its requests and tokens of the last minute start afresh, and its
+        budget counter is read again from the usage records.
         """
         names = []
         for part in ticket.parts():
@@ -144,7 +148,12 @@ class RedisLimitStore(LimitStore):
         entry = self._loop_client()
         try:
             await entry.ready()
-            return await getattr(entry, script_name)(keys=keys, args=args, client=entry.client)
+            async with asyncio.timeout(self.pool_wait_seconds):
+                await entry.gate.acquire()
+            try:
+                return await getattr(entry, script_name)(keys=keys, args=args, client=entry.client)
+            finally:
+                entry.gate.release()
         except (TimeoutError, RedisError, OSError) as exc:
             self._drop_client(entry)
             raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc

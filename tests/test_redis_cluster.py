@@ -20,7 +20,15 @@ from collections import Counter
 import pytest
 import redis
 
-from core.redis import RedisTopology, close_async_redis, new_async_redis, new_sync_redis
+from core.redis import (
+    RedisTopology,
+    close_async_redis,
+    get_async_redis,
+    get_sync_redis,
+    new_async_redis,
+    new_sync_redis,
+    reset_shared_clients,
+)
 from metering import BudgetHold, LimitTicket
 from metering.base import BudgetWindow
 from metering.redis_store import RedisLimitStore
@@ -33,7 +41,9 @@ from tests.redis_topologies import (
 )
 from tests.test_rate_limits import burst
 
-pytestmark = pytest.mark.slow
+# All transactional: pytest-django runs transactional tests before the others, and a module whose tests fall in
+# both groups would start its module-scoped cluster twice.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def _budget(period="month"):
@@ -83,6 +93,7 @@ def own_cluster(tmp_path):
         yield local.start()
     finally:
         local.stop()
+        shutil.rmtree(tmp_path / "redis-cluster", ignore_errors=True)
 
 
 def cluster_env(node) -> dict:
@@ -137,6 +148,33 @@ def test_factory_clients_run_commands_and_scripts_on_every_master(cluster):
     # rpm=2: the third request of each lineage is refused (status 1), on whichever master holds it.
     assert [status for _, status in results] == [0, 0, 1] * 12
     assert reloaded == 0
+
+
+@needs_redis_server
+def test_the_shared_clients_work_on_the_cluster(cluster, settings):
+    settings.REDIS_CLUSTER = True
+    settings.REDIS_URL = f"redis://127.0.0.1:{cluster.nodes[2].port}/0"
+    reset_shared_clients()
+    try:
+        names = [f"shared-{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
+        client = get_sync_redis()
+        assert isinstance(client, redis.cluster.RedisCluster) and get_sync_redis() is client
+        for name in names:
+            client.set(name, name)
+
+        async def run():
+            shared = await get_async_redis()
+            assert await get_async_redis() is shared
+            # Many first commands at once on the shared (prepared) client: all answer.
+            values = await asyncio.gather(*[shared.get(name) for name in names * 5])
+            await close_async_redis(shared)
+            return values
+
+        assert [v.decode() for v in asyncio.run(run())] == names * 5
+        assert len({cluster.master_of(name).port for name in names}) == 3
+        client.close()
+    finally:
+        reset_shared_clients()
 
 
 @needs_redis_server

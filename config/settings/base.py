@@ -93,8 +93,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # REDIS
 # Optional. With REDIS_URL (or Sentinel, below), rate limits and budget reservations live in Redis
-# (metering/redis_store.py); without it they go through the database (exact too, slower). Key changes reach the workers through
-# the database either way (apikeys/keycache.py polls KeyGeneration).
+# (metering/redis_store.py); without it they go through the database (exact too, slower). Key changes reach the
+# workers through the database either way (apikeys/keycache.py polls KeyGeneration).
 REDIS_URL = env("REDIS_URL", default="")
 # Topology (core/redis.py builds every client; README "Redis Cluster and Sentinel"). REDIS_CLUSTER=true: REDIS_URL is
 # a seed node of a Redis Cluster. REDIS_SENTINELS=host:port,... with REDIS_SENTINEL_MASTER=name: Sentinel, every

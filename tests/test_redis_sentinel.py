@@ -11,12 +11,16 @@ The figures are printed (`pytest -s`).
 
 import asyncio
 import shutil
+import signal
+import time
 import uuid
 from collections import Counter
 
 import pytest
 
-from core.redis import close_async_redis, get_async_redis, get_sync_redis, reset_shared_clients
+from core.redis import RedisTopology, close_async_redis, get_async_redis, get_sync_redis, reset_shared_clients
+from metering import LimitTicket, StoreUnavailable
+from metering.redis_store import RedisLimitStore
 from tests.redis_topologies import PRICED_ENV, LocalSentinels, check_failover, counter_keys, failover_under_load
 from tests.test_rate_limits import burst
 
@@ -123,3 +127,60 @@ def test_master_killed_under_load_no_500_resumes_and_loses_at_most_the_replicati
     _, tight = make_key(name="sentinel-after", rpm=3)
     counts = burst([(gateway, tight)], 5)
     assert counts == Counter({(200, None): 3, (429, "rate_limit_exceeded"): 2}), dict(counts)
+
+
+def test_a_failover_loses_exactly_what_the_replica_had_not_received(own_sentinels):
+    """As in test_redis_cluster.py: what was written before the replica's link was cut survives the failover, what
+    was written after it is lost, and nothing else; through the store, with the sentinels naming the master."""
+    local = own_sentinels
+    store = RedisLimitStore(
+        topology=RedisTopology(
+            mode="sentinel", sentinels=tuple(("127.0.0.1", s.port) for s in local.sentinels), master=local.master_name
+        )
+    )
+    lineage = f"lag-{uuid.uuid4().hex[:6]}"
+    rpm_key, _ = counter_keys(lineage)
+    master = local.current_master()
+    replica = next(s for s in local.servers if s is not master)
+
+    def ticket(request_id):
+        return LimitTicket(key_prefix=lineage, scope=lineage, request_id=request_id, rpm=1_000_000)
+
+    async def run():
+        before = [f"before-{i}" for i in range(30)]
+        after = [f"after-{i}" for i in range(20)]
+        for request_id in before:
+            assert (await store.admit(ticket(request_id))).status == 0
+        with master.client() as direct:
+            assert direct.execute_command("WAIT", 1, 2000) == 1
+            replica.process.send_signal(signal.SIGSTOP)
+            try:
+                direct.client_kill_filter(_type="replica")
+                for request_id in after:
+                    assert (await store.admit(ticket(request_id))).status == 0
+                master.kill()
+            finally:
+                replica.process.send_signal(signal.SIGCONT)
+        killed_at = time.monotonic()
+        while True:
+            try:
+                await store.admit(ticket("resumed"))
+                break
+            except StoreUnavailable:
+                assert time.monotonic() - killed_at < 15, "no master took over within 15 s"
+                await asyncio.sleep(0.1)
+        resumed = time.monotonic() - killed_at
+        await store.aclose()
+        return before, after, resumed
+
+    before, after, resumed = asyncio.run(run())
+    assert local.current_master() is replica
+    with replica.client() as direct:
+        kept = {m.decode() for m in direct.zrange(rpm_key, 0, -1)}
+    lost = [r for r in before + after if r not in kept]
+    print(
+        f"\nsentinel, deliberate lag: {len(after)} admissions written after the replica's link was cut, {len(lost)} "
+        f"lost; {len(before)} before it, all kept; the store resumed {resumed:.2f} s after the kill"
+    )
+    assert set(before) <= kept and "resumed" in kept
+    assert lost == after

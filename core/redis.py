@@ -7,10 +7,12 @@
   master the sentinels name (asked again on each new connection, so a failover is followed); `REDIS_URL` is not
   used then.
 
-`get_async_redis()` (one client per event loop) and `get_sync_redis()` (one per process) are the shared clients for
-code that just needs Redis; `new_async_redis()` / `new_sync_redis()` build a client with the caller's own timeouts
-and pool (the limit store does, for its short timeouts and its no-retry rule). Close async clients with
-`close_async_redis()`: a Sentinel client also holds connections to the sentinels.
+`await get_async_redis()` (one client per event loop, prepared) and `get_sync_redis()` (one per process) are the
+shared clients for code that just needs Redis; `new_async_redis()` / `new_sync_redis()` build a client with the
+caller's own timeouts and pool (the limit store does, for its short timeouts and its no-retry rule): await
+`prepare_async_redis()` on a new async client before its first commands, and close it with `close_async_redis()`
+(a Sentinel client also holds connections to the sentinels). A Cluster node's pool refuses a command when all its
+`max_connections` are busy instead of waiting: bound your concurrent commands (the limit store does).
 
 Anything that runs a Lua script or a multi-key command must keep all its keys in one hash slot (a `{tag}` in every
 key name) so that it runs on a Cluster too; redis-py's cluster client routes EVALSHA by its keys and loads a

@@ -178,11 +178,12 @@ class LocalSentinels:
         replica = RedisProcess(free_port(), self.directory / "replica", ["--replicaof", "127.0.0.1", str(master.port)])
         self.servers.append(replica)
         replica.wait_ready()
-        wait_until(
-            "the replica in sync",
-            lambda: replica.client().info("replication").get("master_link_status") == "up",
-            START_SECONDS,
-        )
+
+        def in_sync():
+            with replica.client() as client:
+                return client.info("replication").get("master_link_status") == "up"
+
+        wait_until("the replica in sync", in_sync, START_SECONDS)
         for index in range(3):
             config = (
                 f"sentinel monitor {self.master_name} 127.0.0.1 {master.port} 2\n"

@@ -53,6 +53,7 @@ def main() -> None:
     from completions.endpoints import CHAT_COMPLETIONS
     from completions.validation import parse_chat_request
     from core.outcome import RequestOutcome
+    from core.redis import redis_configured
     from metering import get_limit_store, throttling
     from usage import pricing
 
@@ -99,7 +100,7 @@ def main() -> None:
             await one()
         timings = [await one() for _ in range(args.requests)]
         pings = []
-        if settings.REDIS_URL:
+        if redis_configured():
             client = store._loop_client().client
             for _ in range(args.requests):
                 started = time.perf_counter()

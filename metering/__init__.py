@@ -1,11 +1,12 @@
 """The stores behind Tollgate's per-key limits and budgets: what one atomic admission and settlement do.
 
-`get_limit_store()` picks Redis (`redis_store`, when `REDIS_URL` is set) or the database (`database_store`).
+`get_limit_store()` picks Redis (`redis_store`, when Redis is configured: `core.redis`) or the database
+(`database_store`).
 Both take a `LimitTicket` (every limit of one request plus its budget reservation) and answer with an
 `AdmitResult`; `metering.throttling` turns that into headers and errors.
 """
 
-from django.conf import settings
+from core.redis import redis_configured
 
 from .base import (
     ADMITTED,
@@ -44,13 +45,13 @@ _store: LimitStore | None = None
 
 
 def get_limit_store() -> LimitStore:
-    """The process's store: Redis when `REDIS_URL` is set, else the database."""
+    """The process's store: Redis when it is configured (REDIS_URL, or Sentinel), else the database."""
     global _store
     if _store is None:
-        if settings.REDIS_URL:
+        if redis_configured():
             from .redis_store import RedisLimitStore
 
-            _store = RedisLimitStore(settings.REDIS_URL)
+            _store = RedisLimitStore()
         else:
             from .database_store import DatabaseLimitStore
 

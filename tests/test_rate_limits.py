@@ -285,7 +285,7 @@ def test_redis_window_slides_request_by_request():
     from metering import ADMITTED, REFUSED_REQUESTS
     from metering.redis_store import RedisLimitStore
 
-    store = RedisLimitStore(REDIS_URL)
+    store = RedisLimitStore()
     clock = [1_000_000.0]
     store.timer = lambda: clock[0]
     prefix = uuid.uuid4().hex[:8]
@@ -317,7 +317,7 @@ def test_redis_tokens_window_frees_each_requests_tokens_when_it_leaves():
     from metering import ADMITTED, REFUSED_TOKENS
     from metering.redis_store import RedisLimitStore
 
-    store = RedisLimitStore(REDIS_URL)
+    store = RedisLimitStore()
     clock = [2_000_000.0]
     store.timer = lambda: clock[0]
     prefix = uuid.uuid4().hex[:8]

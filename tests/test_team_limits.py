@@ -180,7 +180,7 @@ def test_a_request_refused_by_the_team_counts_against_nothing(store_kind, transa
     if store_kind == "redis":
         from metering.redis_store import RedisLimitStore
 
-        store = RedisLimitStore(REDIS_URL)
+        store = RedisLimitStore()
     else:
         from metering.database_store import DatabaseLimitStore
 

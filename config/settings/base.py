@@ -92,10 +92,27 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # REDIS
-# Optional. With REDIS_URL, rate limits and budget reservations live in Redis (metering/redis_store.py, its own
-# client); without it they go through the database (exact too, slower). Key changes reach the workers through
-# the database either way (apikeys/keycache.py polls KeyGeneration).
+# Optional. With REDIS_URL (or Sentinel, below), rate limits and budget reservations live in Redis
+# (metering/redis_store.py); without it they go through the database (exact too, slower). Key changes reach the
+# workers through the database either way (apikeys/keycache.py polls KeyGeneration).
 REDIS_URL = env("REDIS_URL", default="")
+# Topology (core/redis.py builds every client; README "Redis Cluster and Sentinel"). REDIS_CLUSTER=true: REDIS_URL is
+# a seed node of a Redis Cluster. REDIS_SENTINELS=host:port,... with REDIS_SENTINEL_MASTER=name: Sentinel, every
+# command to the master the sentinels name (REDIS_URL is then not used).
+REDIS_CLUSTER = env.bool("REDIS_CLUSTER", default=False)
+REDIS_SENTINEL_MASTER = env("REDIS_SENTINEL_MASTER", default="")
+REDIS_SENTINELS: list[tuple[str, int]] = []
+for _sentinel in env.list("REDIS_SENTINELS", default=[]):
+    _host, _, _port = _sentinel.strip().rpartition(":")
+    if not _host or not _port.isdigit():
+        raise ImproperlyConfigured(f"REDIS_SENTINELS: {_sentinel!r} is not host:port.")
+    REDIS_SENTINELS.append((_host.strip("[]"), int(_port)))
+if REDIS_SENTINELS and not REDIS_SENTINEL_MASTER:
+    raise ImproperlyConfigured("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER (the master's name) is not.")
+if REDIS_SENTINELS and REDIS_CLUSTER:
+    raise ImproperlyConfigured("REDIS_CLUSTER and REDIS_SENTINELS are exclusive: a Cluster fails over by itself.")
+if REDIS_CLUSTER and not REDIS_URL:
+    raise ImproperlyConfigured("REDIS_CLUSTER=true needs REDIS_URL, a node of the cluster.")
 
 # CACHES
 # Nothing of Tollgate's uses Django's cache framework, and neither do its apps as configured (sessions and

@@ -145,6 +145,13 @@ class UsageRecord(models.Model):
     latency_ms = models.FloatField(default=0)
     ttfb_ms = models.FloatField(null=True, blank=True)
     upstream_request_id = models.CharField(max_length=128, blank=True)
+    # db_default: inserts of the previous release (which omit the columns) still succeed during a rolling deploy.
+    upstream = models.CharField(
+        max_length=64, blank=True, default="", db_default="", help_text="The upstream that answered (or failed last)."
+    )
+    attempts = models.PositiveSmallIntegerField(
+        default=0, db_default=0, help_text="Upstreams tried: more than 1 when the request failed over."
+    )
 
     class Meta:
         ordering = ("-created_at",)

@@ -143,6 +143,7 @@ class BackgroundFollower:
             started_at=row.created_at,
             model=row.model,
             streamed=row.streamed,
+            upstream=row.upstream,
         )
         usage = None
         try:

@@ -425,3 +425,26 @@ def test_commands_store_keys_encrypted_and_never_print_them(transactional_db, en
     from upstreams.crypto import unseal
 
     assert unseal(Upstream.objects.get(name="primary").api_key_encrypted) == KEY_A
+
+
+def test_a_price_row_may_be_limited_to_one_upstream(fakes, routed_gateway, make_key):
+    from decimal import Decimal
+
+    from usage.services import model_price_create
+
+    model_price_create(actor="test", model="gpt-4o-mini", input_per_million=Decimal(1), output_per_million=Decimal(2))
+    model_price_create(
+        actor="test", model="gpt-4o-mini", input_per_million=Decimal(0), output_per_million=Decimal(0), upstream="b"
+    )
+    create("a", fakes["a"], KEY_A)
+    create("b", fakes["b"], KEY_B)
+    gateway = routed_gateway(workers=1)
+    _, raw = make_key()
+    assert Counter(asyncio.run(_many(gateway.url, raw, 40, concurrency=4))) == {200: 40}
+    deadline = time.monotonic() + 10
+    while UsageRecord.objects.count() < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    costs: dict[str, set] = {}
+    for upstream, cost in UsageRecord.objects.values_list("upstream", "cost_usd"):
+        costs.setdefault(upstream, set()).add(cost > 0)
+    assert costs == {"a": {True}, "b": {False}}

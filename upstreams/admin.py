@@ -48,7 +48,7 @@ class UpstreamForm(forms.ModelForm):
         fields = ("name", "kind", "base_url", "api_key", *[f for f in AUDITED if f not in ("kind", "base_url")])
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if self.instance.pk is None and not cleaned.get("api_key"):
             self.add_error("api_key", "An API key is required.")
         values = {field: cleaned[field] for field in (*AUDITED, "name") if cleaned.get(field) is not None}

@@ -34,10 +34,19 @@ class ModelPrice(models.Model):
     output_per_million = models.DecimalField(max_digits=12, decimal_places=4, validators=_NOT_NEGATIVE)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     effective_from = models.DateTimeField(default=timezone.now)
+    # The name of the one upstream (upstreams.Upstream) this row prices; empty: every upstream. A row for the
+    # request's upstream wins over one for all (a self-hosted model can cost 0 while OpenAI's costs its price).
+    upstream = models.CharField(
+        max_length=64, blank=True, default="", db_default="", help_text="Only for this upstream (empty: all)."
+    )
 
     class Meta:
-        ordering = ("model", "-effective_from")
-        constraints = [models.UniqueConstraint(fields=["model", "effective_from"], name="uniq_price_model_from")]
+        ordering = ("model", "upstream", "-effective_from")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "upstream", "effective_from"], name="uniq_price_model_upstream_from"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.model} (${self.input_per_million}/${self.output_per_million} per 1M)"

@@ -29,7 +29,7 @@ from django.conf import settings
 from core.errors import OpenAIError, UpstreamError, UpstreamTimeout
 from core.outcome import ErrorType
 from upstreams.models import UpstreamKind
-from upstreams.selection import default_target
+from upstreams.selection import default_target, get_table
 from upstreams.targets import Target
 
 logger = logging.getLogger("tollgate.upstream")
@@ -121,6 +121,16 @@ async def _close_poster(poster: "UpstreamPoster") -> None:
     await asyncio.sleep(settings.OPENAI_TIMEOUT)  # requests still reading from it finish first
     await poster.close()
     await poster.sdk.close()
+
+
+async def prepare_routes() -> None:
+    """Load the upstream table now (a database that cannot be asked yet leaves it to the first request)."""
+    table = get_table()
+    try:
+        await table.current()
+    except OpenAIError:
+        logger.warning("upstreams not loaded at start; the first request will try again")
+    table.start_refresher()
 
 
 async def close_upstream_clients() -> None:

@@ -448,3 +448,58 @@ def test_a_price_row_may_be_limited_to_one_upstream(fakes, routed_gateway, make_
     for upstream, cost in UsageRecord.objects.values_list("upstream", "cost_usd"):
         costs.setdefault(upstream, set()).add(cost > 0)
     assert costs == {"a": {True}, "b": {False}}
+
+
+def test_the_admin_creates_upstreams_through_the_services_and_never_shows_a_key(admin_client, encryption):
+    response = admin_client.post(
+        "/admin/upstreams/upstream/add/",
+        {
+            "name": "eu",
+            "kind": "azure",
+            "base_url": "https://tollgate-eu.openai.azure.com",
+            "api_key": KEY_C,
+            "organization": "",
+            "project": "",
+            "api_version": "2024-10-21",
+            "weight": "2",
+            "priority": "0",
+            "models": "[]",
+            "aliases": '{"gpt-4o-mini": "eu-4o-mini"}',
+            "rpm": "",
+            "tpm": "",
+            "enabled": "on",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    upstream = Upstream.objects.get(name="eu")
+    assert upstream.aliases == {"gpt-4o-mini": "eu-4o-mini"} and KEY_C not in upstream.api_key_encrypted
+    entry = UpstreamAuditEntry.objects.get(upstream_name="eu")
+    assert (entry.action, entry.actor) == ("create", "admin")
+    listing = admin_client.get("/admin/upstreams/upstream/").content.decode()
+    assert "serving" in listing and KEY_C not in listing
+    page = admin_client.get(f"/admin/upstreams/upstream/{upstream.pk}/change/").content.decode()
+    assert KEY_C not in page and "last errors" in page.lower()
+    # An edit without a key keeps the key; a bad value is refused by the form, nothing changed.
+    sealed = upstream.api_key_encrypted
+    response = admin_client.post(
+        f"/admin/upstreams/upstream/{upstream.pk}/change/",
+        {
+            "kind": "openai", "base_url": "https://api.openai.com/v1", "api_key": "", "organization": "",
+            "project": "", "api_version": "2024-10-21", "weight": "2", "priority": "0", "models": "[]",
+            "aliases": "{}", "rpm": "", "tpm": "", "enabled": "on",
+        },
+    )  # fmt: skip
+    assert response.status_code == 200 and "azure upstreams only" in response.content.decode()
+    assert Upstream.objects.get(name="eu").kind == "azure"
+    response = admin_client.post(
+        f"/admin/upstreams/upstream/{upstream.pk}/change/",
+        {
+            "kind": "azure", "base_url": "https://tollgate-eu.openai.azure.com", "api_key": "", "organization": "",
+            "project": "", "api_version": "2024-10-21", "weight": "5", "priority": "0", "models": "[]",
+            "aliases": '{"gpt-4o-mini": "eu-4o-mini"}', "rpm": "", "tpm": "", "enabled": "on",
+        },
+    )  # fmt: skip
+    assert response.status_code == 302
+    saved = Upstream.objects.get(name="eu")
+    assert (saved.weight, saved.api_key_encrypted) == (5, sealed)
+    assert UpstreamAuditEntry.objects.filter(upstream_name="eu", action="update").get().changes == {"weight": [2, 5]}

@@ -27,5 +27,5 @@ UPSTREAM_RESTING = Gauge(
     "tollgate_upstream_resting",
     "1 while the upstream rests (as this worker knows).",
     ("upstream",),
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )

@@ -78,43 +78,57 @@ def load_targets() -> tuple[list[Target], bool]:
 
 
 class UpstreamTable:
-    """This worker's upstreams, reloaded at most every `UPSTREAM_CACHE_SECONDS`; concurrent reloads share one
-    query. A database that cannot be asked keeps the last table (the first load then fails with a 503)."""
+    """This worker's upstreams. The first load is awaited (concurrent first requests share it; a database that
+    cannot be asked then is a 503); after that, a table older than `UPSTREAM_CACHE_SECONDS` is reloaded in the
+    background while requests go on with the current one, which a database outage leaves in place."""
 
     def __init__(self):
         self.targets: list[Target] | None = None
         self.defined = False
         self.loaded_at = 0.0
-        self._loading: asyncio.Future | None = None
+        self._loading: asyncio.Task | None = None
+        self._refresher: asyncio.Task | None = None
 
     async def current(self) -> list[Target]:
-        if self.targets is None or time.monotonic() - self.loaded_at >= settings.UPSTREAM_CACHE_SECONDS:
-            await self._reload()
-        assert self.targets is not None
+        if self.targets is None:
+            if self._loading is None:
+                self._loading = asyncio.ensure_future(self._reload())
+            await asyncio.shield(self._loading)
+            if self.targets is None:
+                raise ServiceUnavailable("Tollgate cannot read its upstreams right now; try again shortly.")
+        elif self._loading is None and time.monotonic() - self.loaded_at >= settings.UPSTREAM_CACHE_SECONDS:
+            self._loading = asyncio.ensure_future(self._reload())
         return self.targets
 
-    async def _reload(self) -> None:
-        if self._loading is not None:
-            await asyncio.shield(self._loading)
-            return
-        self._loading = asyncio.get_running_loop().create_future()
-        try:
+    def start_refresher(self) -> None:
+        """Reload every `UPSTREAM_CACHE_SECONDS` whether or not requests come (each worker's lifespan starts it),
+        so that a change reaches every worker within about that long, idle ones included."""
+        if self._refresher is None:
+            self._refresher = asyncio.ensure_future(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(settings.UPSTREAM_CACHE_SECONDS)
+            if self._loading is None:
+                self._loading = asyncio.ensure_future(self._reload())
             try:
-                targets, defined = await sync_to_async(load_targets, thread_sensitive=False)()
-            except DatabaseError:
-                if self.targets is None:
-                    raise ServiceUnavailable(
-                        "Tollgate cannot read its upstreams right now; try again shortly."
-                    ) from None
+                await asyncio.shield(self._loading)
+            except Exception:
+                logger.exception("upstreams: reloading the table failed")
+
+    async def _reload(self) -> None:
+        try:
+            targets, defined = await sync_to_async(load_targets, thread_sensitive=False)()
+        except DatabaseError:
+            if self.targets is not None:
                 logger.warning("upstreams not reloaded (database unavailable); keeping the last table")
-                self.loaded_at = time.monotonic()
-                return
-            self.targets = targets if defined else [default_target()]
-            self.defined = defined
             self.loaded_at = time.monotonic()
+            return
         finally:
-            self._loading.set_result(None)
             self._loading = None
+        self.targets = targets if defined else [default_target()]
+        self.defined = defined
+        self.loaded_at = time.monotonic()
 
 
 _table = UpstreamTable()

@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--one-fake", action="store_true", help="the three upstreams are one fake upstream (routing cost alone)"
+    )
     args = parser.parse_args(argv)
     from cryptography.fernet import Fernet
 
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
         bench.check_gateway(url, keys["limited"], gateway.log_path)
         bench.run_wrk(url, connections=args.connections, duration=1, key=keys["limited"])  # warm-up
 
-        three = [(f"up{index}", f"{fake}/v1") for index, fake in enumerate(fakes)]
+        three = [(f"up{index}", f"{fakes[0] if args.one_fake else fake}/v1") for index, fake in enumerate(fakes)]
         rounds = []
         for number in range(args.rounds):
             for case in ("single", "three") if number % 2 == 0 else ("three", "single"):

@@ -58,6 +58,7 @@ from serverstate.selectors import owned_objects_find
 from serverstate.services import owned_object_record, owned_response_usage
 from upstreams.health import get_health, retry_after_seconds
 from upstreams.selection import NoUpstreamLeft, choose
+from upstreams.targets import DEFAULT_NAME
 from upstreams.telemetry import upstream_attempted, upstream_failed_over
 
 from .endpoints.base import Endpoint, Owned
@@ -308,6 +309,12 @@ async def _check_owned(endpoint: Endpoint, parsed: ParsedRequest, key, params: d
     return sum(found[item.kind, item.object_id].chain_tokens for item in wanted if item.param is not None), holder
 
 
+def holder_of(outcome: RequestOutcome) -> str:
+    """The upstream an object the request created lives in, as ownership records it: "" for the default upstream
+    (as for objects recorded before upstreams were data: any upstream may be asked about them)."""
+    return "" if outcome.upstream == DEFAULT_NAME else outcome.upstream
+
+
 _usage_updates: set = set()  # strong references to ownership usage updates running in the background
 
 
@@ -343,7 +350,7 @@ class _Owner:
                 lineage=key.lineage,
                 endpoint=endpoint.name,
                 model=parsed.model,
-                upstream=outcome.upstream,
+                upstream=holder_of(outcome),
                 streamed=parsed.stream,
                 input_estimate=self.input_estimate,
                 admission=self.admission.hand_over(),
@@ -361,7 +368,7 @@ class _Owner:
                 input_tokens=outcome.prompt_tokens if known else None,
                 output_tokens=outcome.completion_tokens if known else None,
                 conversation_id=conversation_of(parsed.data) or "",
-                upstream=outcome.upstream,
+                upstream=holder_of(outcome),
                 background=background,
             )
         except DatabaseError:

@@ -47,6 +47,14 @@ def forget_routing_state() -> None:
                 client.delete(*names)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _other_gateways_forget_these_upstreams():
+    """Gateways of other modules (the session's) reload the upstream table every 2 s (UPSTREAM_CACHE_SECONDS): after
+    this module's rows are gone, give them that long, so that no later test meets them."""
+    yield
+    time.sleep(2.5)
+
+
 @pytest.fixture
 def fakes(server_logs):
     """A and B: OpenAI-shaped, each requiring its own key; C: an Azure OpenAI resource (api-key header)."""

@@ -511,3 +511,20 @@ def test_the_admin_creates_upstreams_through_the_services_and_never_shows_a_key(
     saved = Upstream.objects.get(name="eu")
     assert (saved.weight, saved.api_key_encrypted) == (5, sealed)
     assert UpstreamAuditEntry.objects.filter(upstream_name="eu", action="update").get().changes == {"weight": [2, 5]}
+
+
+def test_an_upstream_at_its_requests_per_minute_is_passed_over_exactly(fakes, routed_gateway, make_key):
+    create("a", fakes["a"], KEY_A, "--priority", "1", "--rpm", "7")  # preferred until its 7 requests a minute
+    create("b", fakes["b"], KEY_B, "--tpm", "400")
+    gateway = routed_gateway()
+    _, raw = make_key()
+    assert Counter(asyncio.run(_many(gateway.url, raw, 30, concurrency=6))) == {200: 30}
+    seen_a = len(v1_requests(fakes["a"]))
+    # Counted in Redis, the cap is exact across both workers; per worker without Redis.
+    assert seen_a == 7 if os.environ.get("REDIS_URL") else 7 <= seen_a <= 14
+    assert len(v1_requests(fakes["b"])) == 30 - seen_a
+    # B's tokens per minute: each request reserves its input and max_tokens; past 400, nobody can serve.
+    statuses = [chat(gateway, raw, max_tokens=100).status_code for _ in range(8)]
+    assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+    if os.environ.get("REDIS_URL"):  # shared: every worker now refuses
+        assert_openai_error(chat(gateway, raw, max_tokens=100), 503, code="service_unavailable")

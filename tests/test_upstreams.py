@@ -335,6 +335,12 @@ def test_a_stored_response_is_fetched_through_its_own_upstream_after_a_failover(
         time.sleep(0.1)
     record = UsageRecord.objects.get(endpoint="responses")
     assert (record.upstream, record.attempts) == ("a", 2)
+    # The log line names the upstream and the attempts too; no upstream key is in the log.
+    line = next(x for x in gateway.log.splitlines() if f"request_id={record.request_id}" in x)
+    assert "upstream=a attempts=2" in line, line
+    assert KEY_A not in gateway.log and KEY_B not in gateway.log
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    assert re.search(r'tollgate_upstream_failovers_total\{upstream="b"\} 1\.0', metrics), metrics[-3000:]
     set_mode(fakes["b"])  # B serves again, and is preferred for anything new
     fakes["a"].clear()
     fakes["b"].clear()

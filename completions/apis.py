@@ -12,7 +12,9 @@ from rest_framework.parsers import BaseParser
 
 from apikeys.authentication import BearerAPIKeyAuthentication
 from core.asyncview import AsyncAPIView
+from core.errors import OpenAIError
 from core.outcome import RequestOutcome
+from upstreams.selection import get_table, served_models
 
 from .endpoints import ENDPOINTS, Endpoint
 from .relay import RelayStream, relay
@@ -102,8 +104,9 @@ RELAY_APIS = {route: relay_api(*endpoints) for route, endpoints in routes().item
 class ModelListApi(AsyncAPIView):
     """GET /v1/models: the models this key may use, in OpenAI's list shape.
 
-    A key with an allowlist (its own intersected with its team's) sees exactly that; a key without one sees the
-    upstream's own list.
+    With no upstream defined: a key with an allowlist (its own intersected with its team's) sees exactly that; a
+    key without one sees the upstream's own list. With upstreams: what the enabled upstreams serve (their models
+    and aliases, and the own list of each that serves every model), intersected with the key's allowlist.
     """
 
     authentication_classes = [BearerAPIKeyAuthentication]
@@ -111,6 +114,10 @@ class ModelListApi(AsyncAPIView):
 
     async def get(self, request, *args, **kwargs):
         allowlist = request.auth.model_allowlist
+        table = get_table()
+        await table.current()
+        if table.defined:
+            return HttpResponse(orjson.dumps(await self.routed_models(allowlist)), content_type="application/json")
         if allowlist is not None:
             created = int(time.time())
             data = [
@@ -119,3 +126,21 @@ class ModelListApi(AsyncAPIView):
             ]
             return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
         return HttpResponse(await list_models(), content_type="application/json")
+
+    async def routed_models(self, allowlist) -> dict:
+        named, serve_all = await served_models()
+        listed: dict[str, dict] = {}
+        for target in serve_all:
+            try:
+                body = orjson.loads(await list_models(target))
+            except (OpenAIError, orjson.JSONDecodeError):
+                continue  # an upstream that cannot list its models lists nothing here
+            for model in body.get("data", ()) if isinstance(body, dict) else ():
+                if isinstance(model, dict) and isinstance(model.get("id"), str):
+                    listed.setdefault(model["id"], model)
+        created = int(time.time())
+        for name in named:
+            listed.setdefault(name, {"id": name, "object": "model", "created": created, "owned_by": "tollgate"})
+        if allowlist is not None:
+            listed = {name: model for name, model in listed.items() if name in allowlist}
+        return {"object": "list", "data": [listed[name] for name in sorted(listed)]}

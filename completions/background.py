@@ -38,6 +38,7 @@ from serverstate.services import (
     background_responses_claim,
     owned_response_usage,
 )
+from upstreams.selection import target_named
 from usage.writer import record_usage
 
 from .upstream import UpstreamStatusError, open_upstream
@@ -103,7 +104,11 @@ class BackgroundFollower:
     async def follow(self, row: BackgroundResponse) -> bool:
         """Ask the upstream about one response; settle it if it ended. True when this call settled it."""
         try:
-            upstream = await open_upstream(f"/responses/{row.response_id}", b"", method="GET")
+            # Only the upstream holding the response knows it (the default one for rows without an upstream).
+            target = await target_named(row.upstream)
+            if target is None:
+                return await self._later(row)
+            upstream = await open_upstream(f"/responses/{row.response_id}", b"", method="GET", target=target)
             try:
                 content = await upstream.aread()
             finally:
@@ -138,6 +143,7 @@ class BackgroundFollower:
             started_at=row.created_at,
             model=row.model,
             streamed=row.streamed,
+            upstream=row.upstream,
         )
         usage = None
         try:

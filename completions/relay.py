@@ -32,6 +32,7 @@ the input estimate, and for a stream one output token per relayed piece of text.
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import httpx2
@@ -55,6 +56,10 @@ from metering.throttling import Admission, admit
 from serverstate.models import BackgroundResponse
 from serverstate.selectors import owned_objects_find
 from serverstate.services import owned_object_record, owned_response_usage
+from upstreams.health import get_health, retry_after_seconds
+from upstreams.selection import NoUpstreamLeft, choose
+from upstreams.targets import DEFAULT_NAME
+from upstreams.telemetry import upstream_attempted, upstream_failed_over
 
 from .endpoints.base import Endpoint, Owned
 from .sse import StreamState
@@ -111,14 +116,14 @@ async def relay(endpoint: Endpoint, request, outcome: RequestOutcome, params: di
                     f"{', '.join(sorted(key.hosted_tools))}).",
                     param="tools",
                 )
-        chains = await _check_owned(endpoint, parsed, key, params or {})
+        chains, holder = await _check_owned(endpoint, parsed, key, params or {})
         input_estimate = endpoint.estimate_input(parsed) + chains
         admission = admit(key=key, demand=endpoint.demand(parsed, input_estimate), outcome=outcome)
         if endpoint.creates is not None:
             owner = _Owner(endpoint, parsed, key, outcome, admission, input_estimate)
         async with admission:
             upstream_path = endpoint.upstream_path.format(**params) if params else endpoint.upstream_path
-            upstream = await open_upstream(upstream_path, parsed.forward_body, method=endpoint.method, query=query)
+            upstream = await _forward(endpoint, parsed, upstream_path, query, outcome, holder, input_estimate)
             outcome.upstream_request_id = upstream.headers.get("x-request-id", "")
             if not parsed.stream:
                 content, answer = await _read_plain(endpoint, upstream, outcome, input_estimate)
@@ -187,6 +192,51 @@ async def relay(endpoint: Endpoint, request, outcome: RequestOutcome, params: di
         outcome_finish(outcome)
 
 
+async def _forward(
+    endpoint: Endpoint, parsed: ParsedRequest, path: str, query: str, outcome: RequestOutcome, holder: str, tokens: int
+):
+    """The upstream's unread answer to the request, failing over: an upstream that refuses or resets the connection,
+    stays silent until the timeout, or answers 5xx or 429 (`OpenAIError.failover`) is marked in its health and the
+    same request goes to the next upstream `upstreams.selection` chooses, up to `UPSTREAM_MAX_ATTEMPTS` and within
+    `OPENAI_TIMEOUT`. Nothing has reached the client yet: the head is yielded only after this returns. A request
+    about a stored object goes only to its `holder`. The last failure is raised when no attempt succeeds."""
+    deadline = time.monotonic() + settings.OPENAI_TIMEOUT
+    tokens += (parsed.max_output_tokens or 0) * max(parsed.choices or 1, 1)
+    tried: list[str] = []
+    failure: OpenAIError | None = None
+    while True:
+        try:
+            target = await choose(parsed.model, tried=tried, pinned=holder or None, tokens=tokens)
+        except NoUpstreamLeft:
+            assert failure is not None  # raised only once an upstream has failed this request
+            raise failure from None
+        outcome.upstream = target.name
+        outcome.attempts = len(tried) + 1
+        started = time.perf_counter()
+        try:
+            answer = await open_upstream(
+                path, parsed.forward_body, method=endpoint.method, query=query, target=target, model=parsed.model
+            )
+        except OpenAIError as exc:
+            upstream_attempted(target, time.perf_counter() - started, exc.failover)
+            if exc.failover is None or target.is_default:
+                raise
+            await get_health().failed(
+                target.name,
+                retry_after=retry_after_seconds(exc.headers) if exc.failover == "429" else None,
+                reason=exc.failover,
+                message=exc.message,
+            )
+            failure = exc
+            tried.append(target.name)
+            if len(tried) >= settings.UPSTREAM_MAX_ATTEMPTS or time.monotonic() >= deadline:
+                raise
+            upstream_failed_over(target)
+            continue
+        upstream_attempted(target, time.perf_counter() - started, None)
+        return answer
+
+
 async def _read_plain(
     endpoint: Endpoint, upstream, outcome: RequestOutcome, input_estimate: int
 ) -> tuple[bytes, dict | None]:
@@ -235,14 +285,15 @@ def not_found_message(owned: Owned) -> str:
     return f"{owned.kind.capitalize()} with id '{owned.object_id}' not found."
 
 
-async def _check_owned(endpoint: Endpoint, parsed: ParsedRequest, key, params: dict) -> int:
+async def _check_owned(endpoint: Endpoint, parsed: ParsedRequest, key, params: dict) -> tuple[int, str]:
     """Refuse (404, as for an unknown id) any object the path or body names that the key's lineage does not own.
-    Returns the recorded size of the chains the body's references continue (tokens the upstream will add)."""
+    Returns the recorded size of the chains the body's references continue (tokens the upstream will add), and the
+    upstream holding the objects named ("" for none, or objects recorded before upstreams were data)."""
     wanted = list(endpoint.references(parsed))
     if endpoint.owned is not None:
         wanted.insert(0, Owned(endpoint.owned.kind, params[endpoint.owned.parameter]))
     if not wanted:
-        return 0
+        return 0, ""
     try:
         found = await sync_to_async(owned_objects_find, thread_sensitive=False)(
             lineage=key.lineage, wanted=[(item.kind, item.object_id) for item in wanted]
@@ -252,7 +303,16 @@ async def _check_owned(endpoint: Endpoint, parsed: ParsedRequest, key, params: d
     for item in wanted:
         if (item.kind, item.object_id) not in found:
             raise ObjectNotFound(not_found_message(item), param=item.param)
-    return sum(found[item.kind, item.object_id].chain_tokens for item in wanted if item.param is not None)
+    holder = next(
+        (found[item.kind, item.object_id].upstream for item in wanted if found[item.kind, item.object_id].upstream), ""
+    )
+    return sum(found[item.kind, item.object_id].chain_tokens for item in wanted if item.param is not None), holder
+
+
+def holder_of(outcome: RequestOutcome) -> str:
+    """The upstream an object the request created lives in, as ownership records it: "" for the default upstream
+    (as for objects recorded before upstreams were data: any upstream may be asked about them)."""
+    return "" if outcome.upstream == DEFAULT_NAME else outcome.upstream
 
 
 _usage_updates: set = set()  # strong references to ownership usage updates running in the background
@@ -290,6 +350,7 @@ class _Owner:
                 lineage=key.lineage,
                 endpoint=endpoint.name,
                 model=parsed.model,
+                upstream=holder_of(outcome),
                 streamed=parsed.stream,
                 input_estimate=self.input_estimate,
                 admission=self.admission.hand_over(),
@@ -307,6 +368,7 @@ class _Owner:
                 input_tokens=outcome.prompt_tokens if known else None,
                 output_tokens=outcome.completion_tokens if known else None,
                 conversation_id=conversation_of(parsed.data) or "",
+                upstream=holder_of(outcome),
                 background=background,
             )
         except DatabaseError:

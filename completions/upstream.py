@@ -10,6 +10,10 @@ headers and a pydantic options model on every call (a quarter of a worker's CPU 
 body through the SDK client's own HTTP client and connection pool (`UPSTREAM_HTTP_CLIENT=sdk`, the default;
 `aiohttp` and `httpx` use a separate pool, for comparison in `make bench`). The answer is the same unread
 `httpx2.Response` the SDK would return, with httpx2's errors. `GET /models` goes through the SDK's full path.
+
+There is one client and one poster per upstream (`upstreams.targets.Target`: the default of `OPENAI_API_KEY` and
+`OPENAI_BASE_URL`, or a row of `upstreams.models.Upstream`), each with that upstream's own key and headers: one
+upstream's key is never sent to another. Which upstream serves a request is `upstreams.selection`'s choice.
 """
 
 import asyncio
@@ -19,15 +23,24 @@ import weakref
 import aiohttp
 import httpx2
 import openai
+import orjson
 from django.conf import settings
 
 from core.errors import OpenAIError, UpstreamError, UpstreamTimeout
 from core.outcome import ErrorType
+from upstreams.models import UpstreamKind
+from upstreams.selection import default_target, get_table
+from upstreams.targets import Target
 
 logger = logging.getLogger("tollgate.upstream")
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI]" = weakref.WeakKeyDictionary()
 _posters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UpstreamPoster]" = weakref.WeakKeyDictionary()
+# The posters of defined upstreams, per event loop and upstream name (replaced when the upstream changes).
+_target_posters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, UpstreamPoster]]" = (
+    weakref.WeakKeyDictionary()
+)
+_retired: set = set()  # strong references to the closing of replaced posters
 
 # Upstream statuses passed to the client as they came: the request itself was wrong.
 PASSTHROUGH_STATUSES = frozenset({400, 404, 409, 413, 415, 422})
@@ -43,8 +56,10 @@ def upstream_timeout() -> httpx2.Timeout:
     return httpx2.Timeout(settings.OPENAI_TIMEOUT, connect=settings.OPENAI_CONNECT_TIMEOUT)
 
 
-def build_upstream_client() -> openai.AsyncOpenAI:
-    """A new client from settings. The SDK retries nothing here: the client's own SDK does, against our limits."""
+def build_upstream_client(target: Target | None = None) -> openai.AsyncOpenAI:
+    """A new client for `target` (default: the upstream of OPENAI_API_KEY and OPENAI_BASE_URL), timeouts and pool
+    from settings. The SDK retries nothing here: the client's own SDK does, against our limits."""
+    target = target or default_target()
     timeout = upstream_timeout()
     limits = httpx2.Limits(
         max_connections=settings.UPSTREAM_MAX_CONNECTIONS,
@@ -56,9 +71,10 @@ def build_upstream_client() -> openai.AsyncOpenAI:
     else:
         http_client = openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
     return openai.AsyncOpenAI(
-        # An OpenAI-compatible server without auth (the bundled fake, a local vLLM) needs no key; the SDK does.
-        api_key=settings.OPENAI_API_KEY or "tollgate-no-upstream-key",
-        base_url=settings.OPENAI_BASE_URL,
+        api_key=target.api_key,
+        organization=target.organization or None,
+        project=target.project or None,
+        base_url=target.client_base_url(),
         timeout=timeout,
         max_retries=0,
         http_client=http_client,
@@ -83,10 +99,49 @@ def get_poster() -> "UpstreamPoster":
     return poster
 
 
+def get_target_poster(target: Target) -> "UpstreamPoster":
+    """The poster of `target` for the running event loop (the default upstream's is `get_poster()`)."""
+    if target.is_default:
+        return get_poster()
+    loop = asyncio.get_running_loop()
+    posters = _target_posters.get(loop)
+    if posters is None:
+        posters = _target_posters[loop] = {}
+    poster = posters.get(target.name)
+    if poster is None or poster.target is None or poster.target.version != target.version:
+        if poster is not None:  # the upstream changed (key, URL, ...): a new client, the old one closed
+            task = loop.create_task(_close_poster(poster))
+            _retired.add(task)
+            task.add_done_callback(_retired.discard)
+        poster = posters[target.name] = UpstreamPoster(build_upstream_client(target), target)
+    return poster
+
+
+async def _close_poster(poster: "UpstreamPoster") -> None:
+    await asyncio.sleep(settings.OPENAI_TIMEOUT)  # requests still reading from it finish first
+    await poster.close()
+    await poster.sdk.close()
+
+
+async def prepare_routes() -> None:
+    """Load the upstream table now (a database that cannot be asked yet leaves it to the first request)."""
+    table = get_table()
+    try:
+        await table.current()
+    except OpenAIError:
+        logger.warning("upstreams not loaded at start; the first request will try again")
+    table.start_refresher()
+
+
 async def close_upstream_clients() -> None:
     for poster in list(_posters.values()):
         await poster.close()
     _posters.clear()
+    for posters in list(_target_posters.values()):
+        for poster in posters.values():
+            await poster.close()
+            await poster.sdk.close()
+    _target_posters.clear()
     for client in list(_clients.values()):
         await client.close()
     _clients.clear()
@@ -97,6 +152,8 @@ class UpstreamStatusError(OpenAIError):
 
     def __init__(self, status: int, content: bytes, content_type: str, headers: dict):
         super().__init__("upstream error", headers=headers)
+        # A 429 is worth another upstream (`completions.relay`); the other statuses are the request's own fault.
+        self.failover = "429" if status == 429 else None
         self.status_code = status
         self.outcome_error_type = ErrorType.UPSTREAM_RATE_LIMITED if status == 429 else ErrorType.UPSTREAM_REJECTED
         self.content = content
@@ -124,12 +181,17 @@ def _translate_status_error(exc: openai.APIStatusError) -> OpenAIError:
     return translate_error_response(exc.response)
 
 
-def translate_error_response(response: httpx2.Response) -> OpenAIError:
-    """`translate_status_error` for a read `httpx2.Response` whose status is 400 or more."""
+def translate_error_response(response: httpx2.Response, kind: str = "") -> OpenAIError:
+    """`translate_status_error` for a read `httpx2.Response` whose status is 400 or more. An Azure upstream's
+    error body (`kind`) leaves in OpenAI's shape.
+
+    Errors another upstream may not have (a 5xx, a 429) carry `failover`, their reason (`5xx`, `429`)."""
     status = response.status_code
     headers = {name: response.headers[name] for name in PASSTHROUGH_HEADERS if name in response.headers}
     upstream_id = response.headers.get("x-request-id", "-")
     if status in PASSTHROUGH_STATUSES or status == 429:
+        if kind == UpstreamKind.AZURE:
+            return UpstreamStatusError(status, openai_error_body(response.content, status), "application/json", headers)
         return UpstreamStatusError(
             status, response.content, response.headers.get("content-type", "application/json"), headers
         )
@@ -139,18 +201,52 @@ def translate_error_response(response: httpx2.Response) -> OpenAIError:
             "upstream rejected the gateway's credentials: status=%s upstream_request_id=%s", status, upstream_id
         )
         return UpstreamError("The upstream service rejected the gateway's credentials.", code="upstream_auth_error")
-    return UpstreamError(f"The upstream service failed with status {status}.")
+    error = UpstreamError(f"The upstream service failed with status {status}.")
+    if status >= 500:
+        error.failover = "5xx"
+    return error
 
 
-async def open_upstream(path: str, body: bytes, *, method: str = "POST", query: str = "") -> httpx2.Response:
+def openai_error_body(content: bytes, status: int) -> bytes:
+    """An Azure error body (`{"error": {"code", "message", ...}}`, or `{"statusCode", "message"}`, or not JSON)
+    as OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        body = None
+    inner = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        inner = body if isinstance(body, dict) else {}
+    message = inner.get("message")
+    if not isinstance(message, str) or not message:
+        message = content.decode("utf-8", "replace")[:500] or f"The upstream service answered {status}."
+    code = inner.get("code", inner.get("statusCode"))
+    default_type = "requests" if status == 429 else "invalid_request_error"
+    error_type = inner.get("type") if isinstance(inner.get("type"), str) else default_type
+    param = inner.get("param") if isinstance(inner.get("param"), str) else None
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": None if code is None else str(code)}}
+    )
+
+
+async def open_upstream(
+    path: str, body: bytes, *, method: str = "POST", query: str = "", target: Target | None = None, model: str = ""
+) -> httpx2.Response:
     """POST `body` (already-valid JSON bytes) to the upstream's `path` (`/chat/completions`, `/embeddings`, ...),
     or send `method` (GET, DELETE: no body) with `query` (already encoded); return the unread response.
 
+    `target` is the upstream (default: the one of OPENAI_API_KEY/OPENAI_BASE_URL); `model` the public model the
+    request names, which the target may know by another name (an alias, an Azure deployment).
+
     Raises `UpstreamStatusError` (400/404/409/413/415/422/429, to pass through), `UpstreamError` (502: other
     statuses, refused or broken connections) or `UpstreamTimeout` (504: nothing within OPENAI_TIMEOUT).
-    The caller must `aclose()` the response.
+    The caller must `aclose()` the response. Errors another upstream might not have carry `failover` (their
+    reason: `connect`, `timeout`, `5xx`, `429`).
     """
-    return await get_poster().post(path, body, method=method, query=query)
+    if target is None or target.is_default:
+        return await get_poster().post(path, body, method=method, query=query)
+    path, query = target.locate(path, query, model)
+    return await get_target_poster(target).post(path, target.body_for(body, model), method=method, query=query)
 
 
 class UpstreamPoster:
@@ -163,12 +259,17 @@ class UpstreamPoster:
     (`get_poster`); `close()` releases the connections it owns.
     """
 
-    def __init__(self, sdk: openai.AsyncOpenAI):
+    def __init__(self, sdk: openai.AsyncOpenAI, target: Target | None = None):
         self.sdk = sdk
+        self.target = target
+        self.kind = target.kind if target is not None else ""
         self.base_url = str(sdk.base_url).rstrip("/")
         timeout = upstream_timeout()
         headers = {name: value for name, value in sdk.default_headers.items() if isinstance(value, str)}
         headers.update(sdk.auth_headers)
+        if target is not None:
+            headers.pop("Authorization", None)  # Azure's key goes in `api-key` instead
+            headers.update(target.auth_headers())
         headers["X-Stainless-Retry-Count"] = "0"
         headers["X-Stainless-Read-Timeout"] = str(timeout.read)
         # What httpx2 asks for by default, and what `Response.aread()` decodes.
@@ -224,7 +325,7 @@ class UpstreamPoster:
         except (aiohttp.ClientError, httpx2.HTTPError, TimeoutError) as exc:
             raise translate_transport_error(exc) from None
         if response.status_code >= 400:
-            error = translate_error_response(response)
+            error = translate_error_response(response, self.kind)
             # As translate_status_error does for the SDK's errors: the usage record and the log line keep it.
             error.upstream_request_id = response.headers.get("x-request-id", "")
             raise error
@@ -318,6 +419,13 @@ def translate_transport_error(exc: BaseException) -> OpenAIError:
     chain is checked, not just the class: the SDK's aiohttp transport (openai 3.x, vendored httpx_aiohttp) maps a
     refused connection (aiohttp.ClientConnectorError) to ConnectTimeout.
     """
+    error = _translate_transport_error(exc)
+    # Nothing was answered: another upstream may do better (the relay fails over while nothing reached the client).
+    error.failover = "timeout" if isinstance(error, UpstreamTimeout) else "connect"
+    return error
+
+
+def _translate_transport_error(exc: BaseException) -> OpenAIError:
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, (aiohttp.ClientConnectorError, httpx2.ConnectError, ConnectionError)):
@@ -330,8 +438,15 @@ def translate_transport_error(exc: BaseException) -> OpenAIError:
     return UpstreamError("Could not connect to the upstream service.")
 
 
-async def list_models() -> bytes:
+async def list_models(target: Target | None = None) -> bytes:
     """The upstream's GET /models body (raw JSON bytes)."""
+    if target is not None and not target.is_default:
+        path, query = target.locate("/models", "", "")
+        response = await get_target_poster(target).post(path, b"", method="GET", query=query)
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
     client = get_upstream_client()
     try:
         response = await client.get("/models", cast_to=httpx2.Response)

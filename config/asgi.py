@@ -196,6 +196,7 @@ class TollgateApp:
             if message["type"] == "lifespan.startup":
                 # The upstream pool and its TLS context (tens of ms), before the first request needs them.
                 upstream.get_poster().prepare()
+                await upstream.prepare_routes()
                 await lifecycle.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -42,6 +42,9 @@ class OpenAIError(drf_exceptions.APIException):
     outcome_error_type = ErrorType.SERVER_ERROR
     # The upstream's `x-request-id`, for errors that came from an upstream answer.
     upstream_request_id = ""
+    # For an upstream's failure that another upstream may not have (`connect`, `timeout`, `5xx`, `429`): the relay
+    # sends the request on to the next upstream while nothing has reached the client. None: the answer stands.
+    failover: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers=None):
         super().__init__(message)

@@ -32,6 +32,8 @@ REQUEST_FIELDS = (
     "latency_ms",
     "ttfb_ms",
     "upstream_request_id",
+    "upstream",
+    "attempts",
 )
 
 # LogRecord attributes that are never copied into a JSON line. Extras other than `fields` are dropped on purpose:
@@ -111,6 +113,8 @@ def request_fields(outcome) -> dict:
         "latency_ms": round(outcome.latency_ms, 2),
         "ttfb_ms": None if outcome.ttfb_ms is None else round(outcome.ttfb_ms, 2),
         "upstream_request_id": outcome.upstream_request_id,
+        "upstream": outcome.upstream,
+        "attempts": outcome.attempts,
     }
     messages = getattr(outcome, "prompt_messages", None)
     if messages is not None:  # only filled when LOG_PROMPTS=true (completions/relay.py)

@@ -86,6 +86,8 @@ class RequestOutcome:
     ttfb_ms: float | None = None
     latency_ms: float = 0.0
     upstream_request_id: str = ""
+    upstream: str = ""  # the name of the upstream that answered (or failed last); "" if none was asked
+    attempts: int = 0  # upstreams tried for this request (more than 1: it failed over)
     client_disconnected: bool = False
     finished: bool = False
     # The request's `messages`, kept only with LOG_PROMPTS=true for the request log line (core/logging.py).

@@ -1,4 +1,5 @@
-"""Command line: ``python -m fakeupstream [--host H] [--port P] [--require-key KEY] [--no-record]``.
+"""Command line: ``python -m fakeupstream [--host H] [--port P] [--require-key KEY] [--no-record] [--azure]
+[--fail-status N [--retry-after S]]``.
 
 Prints exactly one line to stdout, ``fakeupstream listening on http://HOST:PORT`` (the real port when
 ``--port 0``), once connections are accepted; serves until SIGTERM or SIGINT, then exits 0.
@@ -52,10 +53,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="do not keep requests for GET /_fake/requests (counters are still kept)",
     )
+    parser.add_argument(
+        "--azure",
+        action="store_true",
+        help="serve as an Azure OpenAI resource (/openai/v1/..., deployment URLs, the api-key header)",
+    )
+    parser.add_argument("--fail-status", type=int, default=None, help="answer every /v1 request with this status")
+    parser.add_argument("--retry-after", default=None, help="with --fail-status: the retry-after header's value")
     args = parser.parse_args(argv)
     _raise_fd_limit()
     key, record = args.require_key, args.record
-    coro = serve_forever(args.host, args.port, require_key=key, record=record, on_ready=_announce)
+    coro = serve_forever(
+        args.host,
+        args.port,
+        require_key=key,
+        record=record,
+        on_ready=_announce,
+        azure=args.azure,
+        fail_status=args.fail_status,
+        retry_after=args.retry_after,
+    )
     try:
         if uvloop is not None:
             uvloop.run(coro)

@@ -11,6 +11,14 @@ Endpoints (see the package docstring for the full contract):
 * ``GET /v1/models`` and ``GET /v1/models/{id}``.
 * ``GET``/``DELETE /_fake/requests`` -- the ring buffer of the last requests to ``/v1/*``.
 * ``GET``/``DELETE /_fake/stats`` -- ``{"open_streams", "completed", "client_disconnects"}``.
+* ``GET``/``POST /_fake/mode[?fail_status=N&retry_after=S]`` -- every ``/v1/*`` request answers ``fail_status``
+  (with ``retry-after: S``) until set back (a ``POST`` without ``fail_status`` clears it).
+
+``azure=True`` makes it an Azure OpenAI resource instead: ``/openai/v1/*`` (the v1 API),
+``/openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=V`` and
+``/openai/{responses,...}?api-version=V`` serve what ``/v1/*`` serves (which itself is then a 404), the key is the
+``api-key`` header (``Authorization`` is ignored), and errors have Azure's shape (``{"error": {"code",
+"message"}}``, no ``type`` or ``param``).
 
 The server runs on one asyncio loop (uvloop when importable).  It uses aiohttp's low-level
 :class:`aiohttp.web.Server` with a hand-written dispatcher (no router, no middlewares) and
@@ -204,10 +212,20 @@ class FakeUpstream:
     """
 
     def __init__(
-        self, *, require_key: str | None = None, record: bool = True, record_limit: int = RECORD_LIMIT
+        self,
+        *,
+        require_key: str | None = None,
+        record: bool = True,
+        record_limit: int = RECORD_LIMIT,
+        azure: bool = False,
+        fail_status: int | None = None,
+        retry_after: str | None = None,
     ) -> None:
         self.require_key = require_key
         self.record = record
+        self.azure = azure
+        self.fail_status = fail_status
+        self.retry_after = retry_after
         self.requests: deque[RequestRecord] = deque(maxlen=record_limit)
         self.open_streams = 0
         self.completed = 0
@@ -263,11 +281,30 @@ class FakeUpstream:
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route a request by path and method (a few string compares; no router overhead)."""
         path = request.path
-        if path.startswith("/v1/"):
+        if self.azure:
+            if path.startswith("/openai/"):
+                mapped = self._azure_path(request, path)
+                if mapped is not None:
+                    return await self._v1(request, mapped)
+            if not path.startswith("/_fake/"):
+                return _json_response(404, _azure_error("404", "Resource not found"))
+        elif path.startswith("/v1/"):
             return await self._v1(request, path)
         if path.startswith("/_fake/"):
             return self._introspect(request, path)
         return _not_found(request.method, path)
+
+    @staticmethod
+    def _azure_path(request: web.BaseRequest, path: str) -> str | None:
+        """The ``/v1/*`` path an Azure path stands for, or None (Azure answers 404)."""
+        if path.startswith("/openai/v1/"):
+            return path[len("/openai") :]
+        if "api-version" not in request.query:
+            return None
+        if path.startswith("/openai/deployments/"):
+            _, _, rest = path[len("/openai/deployments/") :].partition("/")
+            return f"/v1/{rest}" if rest in ("chat/completions", "completions", "embeddings") else None
+        return "/v1" + path[len("/openai") :]
 
     async def _v1(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """Record the request, enforce the API key, and serve one ``/v1/*`` endpoint."""
@@ -285,8 +322,23 @@ class FakeUpstream:
             record = RequestRecord(next(self._seq), request, body)
             self.requests.append(record)
         method = request.method
-        if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
+        if self.azure and self.require_key is not None and request.headers.get("api-key") != self.require_key:
+            response = _json_response(401, _azure_error("401", "Access denied due to invalid subscription key."))
+        elif (
+            not self.azure
+            and self._expected_auth is not None
+            and (request.headers.get("Authorization") != self._expected_auth)
+        ):
             response = self._unauthorized(request)
+        elif self.fail_status is not None:
+            headers = {"retry-after": self.retry_after} if self.retry_after else None
+            message = f"The fake upstream answers {self.fail_status} to everything (its fail mode)."
+            if self.azure:
+                body = _azure_error(str(self.fail_status), message)
+            else:
+                code = "rate_limit_exceeded" if self.fail_status == 429 else None
+                body = error_body(message, "requests" if self.fail_status == 429 else "server_error", code)
+            response = _json_response(self.fail_status, body, headers)
         elif method == "POST" and (parse := GENERATORS.get(path)) is not None:
             return await self._generate(request, body, record, parse)
         elif path.startswith(("/v1/responses", "/v1/conversations")):
@@ -502,6 +554,15 @@ class FakeUpstream:
                 cleared = len(self.requests)
                 self.requests.clear()
                 return _json_response(200, orjson.dumps({"cleared": cleared}))
+        elif path == "/_fake/mode":
+            if method == "POST":
+                status = request.query.get("fail_status")
+                self.fail_status = int(status) if status else None
+                self.retry_after = request.query.get("retry_after") or None
+            if method in ("GET", "POST"):
+                return _json_response(
+                    200, orjson.dumps({"fail_status": self.fail_status, "retry_after": self.retry_after})
+                )
         elif path == "/_fake/stats":
             if method == "GET":
                 return _json_response(200, orjson.dumps(self.stats()))
@@ -512,6 +573,11 @@ class FakeUpstream:
             return _not_found(method, path)
         message = f"Method not allowed ({method} {path})"
         return _json_response(405, error_body(message, "invalid_request_error"))
+
+
+def _azure_error(code: str, message: str) -> bytes:
+    """An error body as Azure OpenAI writes it: a code and a message, no type or param."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -593,12 +659,13 @@ async def serve_forever(
     require_key: str | None = None,
     record: bool = True,
     on_ready: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (the body of ``python -m fakeupstream``).
 
     ``on_ready(base_url)`` is called once the socket is listening.
     """
-    upstream = FakeUpstream(require_key=require_key, record=record)
+    upstream = FakeUpstream(require_key=require_key, record=record, **options)
     url = await upstream.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

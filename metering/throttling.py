@@ -332,6 +332,7 @@ class Admission:
                 outcome.completion_tokens,
                 outcome.started_at,
                 cached_tokens=outcome.cached_tokens,
+                upstream=outcome.upstream,
             ) + pricing.tool_calls_cost_usd(outcome.hosted_tool_calls, outcome.started_at)
         if self.ticket is None or self.result is None or self.store is None:
             return

@@ -34,6 +34,9 @@ class OwnedObject(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     context_tokens = models.PositiveIntegerField(default=0)
     conversation_id = models.CharField(max_length=200, blank=True)
+    # The upstream that holds it (`upstreams.Upstream.name`): every request about it goes there. "" for objects
+    # of the default upstream, or recorded before upstreams were data.
+    upstream = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["kind", "object_id"], name="uniq_owned_object")]
@@ -67,6 +70,7 @@ class BackgroundResponse(models.Model):
     lineage = models.CharField(max_length=8)
     endpoint = models.CharField(max_length=40)
     model = models.CharField(max_length=100, blank=True)
+    upstream = models.CharField(max_length=64, blank=True, default="")  # the upstream holding it
     streamed = models.BooleanField(default=False)
     input_estimate = models.PositiveIntegerField(default=0)
     admission = models.JSONField(default=dict)

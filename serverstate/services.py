@@ -20,6 +20,7 @@ def owned_object_record(
     input_tokens: int | None = None,
     output_tokens: int | None = None,
     conversation_id: str = "",
+    upstream: str = "",
     background: BackgroundResponse | None = None,
 ) -> OwnedObject:
     """Record that `lineage` owns the object (and, for a background response, its held admission), in one
@@ -34,6 +35,7 @@ def owned_object_record(
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "conversation_id": conversation_id,
+            "upstream": upstream,
         },
     )
     if background is not None:

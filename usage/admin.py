@@ -221,6 +221,7 @@ class ModelPriceAdmin(AuditedPriceAdmin):
         "output_per_million",
         "max_output_tokens",
         "effective_from",
+        "upstream",
     )
     list_editable = ("input_per_million", "cached_input_per_million", "output_per_million", "max_output_tokens")
     search_fields = ("model",)
@@ -237,14 +238,16 @@ class ModelPriceAdmin(AuditedPriceAdmin):
                     "output_per_million",
                     "max_output_tokens",
                     "effective_from",
+                    "upstream",
                 ),
                 "description": (
                     "Prices in USD per million tokens. Input tokens the upstream served from its prompt cache are "
                     "charged the <em>cached input</em> rate (empty: the input rate). <code>model</code> matches a "
                     "request's model exactly or as a prefix (the longest match wins). To change a price from a date "
                     "on, add a row with that <code>effective_from</code> rather than editing the current one: "
-                    "records already written keep the cost they were charged. Every change is kept in the "
-                    "<em>price audit log</em>."
+                    "records already written keep the cost they were charged. A row naming an <em>upstream</em> "
+                    "prices that upstream's requests only (a self-hosted model can cost 0); it wins over a row for "
+                    "every upstream. Every change is kept in the <em>price audit log</em>."
                 ),
             },
         ),

@@ -34,10 +34,19 @@ class ModelPrice(models.Model):
     output_per_million = models.DecimalField(max_digits=12, decimal_places=4, validators=_NOT_NEGATIVE)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     effective_from = models.DateTimeField(default=timezone.now)
+    # The name of the one upstream (upstreams.Upstream) this row prices; empty: every upstream. A row for the
+    # request's upstream wins over one for all (a self-hosted model can cost 0 while OpenAI's costs its price).
+    upstream = models.CharField(
+        max_length=64, blank=True, default="", db_default="", help_text="Only for this upstream (empty: all)."
+    )
 
     class Meta:
-        ordering = ("model", "-effective_from")
-        constraints = [models.UniqueConstraint(fields=["model", "effective_from"], name="uniq_price_model_from")]
+        ordering = ("model", "upstream", "-effective_from")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "upstream", "effective_from"], name="uniq_price_model_upstream_from"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.model} (${self.input_per_million}/${self.output_per_million} per 1M)"
@@ -145,6 +154,13 @@ class UsageRecord(models.Model):
     latency_ms = models.FloatField(default=0)
     ttfb_ms = models.FloatField(null=True, blank=True)
     upstream_request_id = models.CharField(max_length=128, blank=True)
+    # db_default: inserts of the previous release (which omit the columns) still succeed during a rolling deploy.
+    upstream = models.CharField(
+        max_length=64, blank=True, default="", db_default="", help_text="The upstream that answered (or failed last)."
+    )
+    attempts = models.PositiveSmallIntegerField(
+        default=0, db_default=0, help_text="Upstreams tried: more than 1 when the request failed over."
+    )
 
     class Meta:
         ordering = ("-created_at",)

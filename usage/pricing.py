@@ -98,8 +98,8 @@ class PriceBook:
 
     def __init__(self, check_seconds: float):
         self.check_seconds = check_seconds
-        # model -> (effective_from epochs ascending, prices in the same order)
-        self._rows: dict[str, tuple[list[float], list[Price]]] = {}
+        # (upstream, model) -> (effective_from epochs ascending, prices in the same order); upstream "" = all
+        self._rows: dict[tuple[str, str], tuple[list[float], list[Price]]] = {}
         # hosted tool call item type -> (effective_from epochs ascending, USD per call in the same order)
         self._tools: dict[str, tuple[list[float], list[Decimal]]] = {}
         self._loaded_at = float("-inf")
@@ -123,7 +123,7 @@ class PriceBook:
         from .models import ModelPrice, ToolPrice
 
         with self._lock:
-            rows: dict[str, tuple[list[float], list[Price]]] = {}
+            rows: dict[tuple[str, str], tuple[list[float], list[Price]]] = {}
             tools: dict[str, tuple[list[float], list[Decimal]]] = {}
             try:
                 found = list(ModelPrice.objects.order_by("model", "effective_from"))
@@ -143,7 +143,7 @@ class PriceBook:
                     effective_from=row.effective_from.timestamp(),
                     cached_input_per_million=row.cached_input_per_million,
                 )
-                starts, prices = rows.setdefault(row.model, ([], []))
+                starts, prices = rows.setdefault((row.upstream, row.model), ([], []))
                 starts.append(price.effective_from)
                 prices.append(price)
             self._rows = rows
@@ -183,13 +183,14 @@ class PriceBook:
         finally:
             self._refreshing = False
 
-    def price_for(self, model: str, at: datetime | float | None = None) -> Price:
-        """The price of `model` in force at `at` (default now); the fallback price if no row matches."""
+    def price_for(self, model: str, at: datetime | float | None = None, upstream: str = "") -> Price:
+        """The price of `model` in force at `at` (default now) on `upstream` (a row for that upstream wins over one
+        for every upstream at the same model prefix); the fallback price if no row matches."""
         when = at.timestamp() if isinstance(at, datetime) else (time.time() if at is None else at)
         rows = self._rows
         candidate = model
         while True:
-            found = rows.get(candidate)
+            found = (rows.get((upstream, candidate)) if upstream else None) or rows.get(("", candidate))
             if found is not None:
                 starts, prices = found
                 index = bisect.bisect_right(starts, when) - 1
@@ -239,14 +240,20 @@ def get_price_book() -> PriceBook:
 
 
 def cost_usd(
-    model: str, prompt_tokens: int, completion_tokens: int, at: datetime | None = None, *, cached_tokens: int = 0
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    at: datetime | None = None,
+    *,
+    cached_tokens: int = 0,
+    upstream: str = "",
 ) -> Decimal:
     """What a request cost: its tokens at the price of `model` in force at `at`, in USD (10⁻⁸ precision).
 
     `prompt_tokens` counts every input token, cached ones included; `cached_tokens` (the upstream's
     `prompt_tokens_details.cached_tokens`) of them are charged the cached-input rate. Pure memory: no query.
     """
-    return get_price_book().price_for(model, at).cost(prompt_tokens, completion_tokens, cached_tokens)
+    return get_price_book().price_for(model, at, upstream).cost(prompt_tokens, completion_tokens, cached_tokens)
 
 
 def worst_case_cost_usd(

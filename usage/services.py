@@ -25,6 +25,7 @@ PRICE_FIELDS = (
     "output_per_million",
     "max_output_tokens",
     "effective_from",
+    "upstream",
 )
 
 
@@ -37,6 +38,7 @@ class PriceChanges(TypedDict, total=False):
     output_per_million: Decimal
     max_output_tokens: int
     effective_from: datetime
+    upstream: str
 
 
 def _jsonable(value: Any) -> Any:
@@ -120,6 +122,7 @@ def model_price_create(
     cached_input_per_million: Decimal | None = None,
     max_output_tokens: int = 16384,
     effective_from: datetime | None = None,
+    upstream: str = "",
 ) -> ModelPrice:
     """Add a price row (from `effective_from`, default now) and audit it (`changes`: `{field: [None, new]}`).
 
@@ -132,6 +135,7 @@ def model_price_create(
         cached_input_per_million=cached_input_per_million,
         output_per_million=output_per_million,
         max_output_tokens=max_output_tokens,
+        upstream=upstream,
     )
     if effective_from is not None:
         price.effective_from = effective_from

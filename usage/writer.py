@@ -69,6 +69,8 @@ ROW_FIELDS = (
     "ttfb_ms",
     "upstream_request_id",
     "created_at",
+    "upstream",
+    "attempts",
 )
 # Where `_touch_keys` finds a captured row's key and start time.
 _ROW_KEY = ROW_FIELDS.index("api_key_id")
@@ -99,6 +101,8 @@ def capture(outcome) -> tuple:
         outcome.ttfb_ms,
         outcome.upstream_request_id,
         outcome.started_at,
+        outcome.upstream,
+        outcome.attempts,
     )
 
 
@@ -141,6 +145,8 @@ INSERT_COLUMNS = (
     "ttfb_ms",
     "upstream_request_id",
     "created_at",
+    "upstream",
+    "attempts",
 )
 
 
@@ -152,7 +158,8 @@ def fit(row: tuple) -> tuple:
     stored as its value.
     """
     (request_id, key_id, prefix, name, endpoint, model, status, error_type, streamed, prompt, cached, completion,
-     reasoning, tool_calls, estimated, cost, latency, ttfb, upstream_id, created_at) = row  # fmt: skip
+     reasoning, tool_calls, estimated, cost, latency, ttfb, upstream_id, created_at, upstream,
+     attempts) = row  # fmt: skip
     prompt, completion = _count(prompt), _count(completion)
     tool_calls = tool_calls if isinstance(tool_calls, dict) else {}
     return (
@@ -178,6 +185,8 @@ def fit(row: tuple) -> tuple:
         None if ttfb is None else float(ttfb),
         str(upstream_id or "")[:128],
         created_at,
+        str(upstream or "")[:64],
+        min(_count(attempts), 32767),
     )
 
 

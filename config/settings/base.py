@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "metering",
     "usage",
     "serverstate",
+    "upstreams",
     "completions",
     "manageapi",
     "alerts",
@@ -130,6 +131,21 @@ UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=4096)
 # transport, with the request prepared once per worker), "aiohttp" (a separate aiohttp pool: ~10-20% more
 # throughput, bypasses the SDK's client) or "httpx" (an httpx2 pool). README, Performance.
 UPSTREAM_HTTP_CLIENT = env.str("UPSTREAM_HTTP_CLIENT", default="sdk")
+
+# UPSTREAMS (upstreams/; README "Upstreams"). Without any Upstream row, OPENAI_API_KEY/OPENAI_BASE_URL are the one.
+# Fernet keys (URL-safe base64 of 32 bytes), comma-separated: the first encrypts stored upstream keys, all decrypt.
+UPSTREAM_KEY_ENCRYPTION_KEYS = env("UPSTREAM_KEY_ENCRYPTION_KEYS", default="")
+# Upstreams tried for one request (the first and the ones it fails over to).
+UPSTREAM_MAX_ATTEMPTS = env.int("UPSTREAM_MAX_ATTEMPTS", default=3)
+# Failures within the window that make an upstream rest, and how long it rests.
+UPSTREAM_FAILURE_THRESHOLD = env.int("UPSTREAM_FAILURE_THRESHOLD", default=3)
+UPSTREAM_FAILURE_WINDOW_SECONDS = env.float("UPSTREAM_FAILURE_WINDOW_SECONDS", default=10.0)
+UPSTREAM_COOLDOWN_SECONDS = env.float("UPSTREAM_COOLDOWN_SECONDS", default=30.0)
+# The longest rest an upstream's 429 `retry-after` can ask for.
+UPSTREAM_MAX_REST_SECONDS = env.float("UPSTREAM_MAX_REST_SECONDS", default=300.0)
+# How often each worker reloads the upstream table, and reads which upstreams rest.
+UPSTREAM_CACHE_SECONDS = env.float("UPSTREAM_CACHE_SECONDS", default=2.0)
+UPSTREAM_HEALTH_CHECK_SECONDS = env.float("UPSTREAM_HEALTH_CHECK_SECONDS", default=0.25)
 
 # REQUESTS
 MAX_REQUEST_BODY_MB = env.float("MAX_REQUEST_BODY_MB", default=20.0)

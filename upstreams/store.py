@@ -1,6 +1,7 @@
 """Routing state shared by every worker and instance: upstream health (resting until when, recent failures, last
 errors) and each upstream's requests and tokens per minute. In Redis (one atomic Lua call per operation, on the
-Redis server's clock) when `REDIS_URL` is set; per worker process without it.
+Redis server's clock) when Redis is configured (`REDIS_URL`, a Cluster or Sentinel: `core.redis`); per worker
+process without it.
 
 Routing must not stop traffic: a Redis that cannot be asked counts no cap and rests nothing (logged), while the
 key limits (`metering`) decide, as they always do, whether the request may go at all.
@@ -13,11 +14,10 @@ import weakref
 from collections import deque
 
 import orjson
-import redis.asyncio as aioredis
 from django.conf import settings
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from core.redis import get_sync_redis, new_async_redis, prepare_async_redis, redis_configured, renews_itself
 
 logger = logging.getLogger("tollgate.upstreams")
 
@@ -135,31 +135,38 @@ class LocalRouteStore:
 
 
 class RedisRouteStore:
-    """The state in Redis: one client per event loop (short timeouts, no retries), dropped after an error."""
+    """The state in Redis (one server, a Cluster or Sentinel: `core.redis`): one client per event loop (short
+    timeouts, no retries), dropped after an error unless it renews itself (a Cluster client). Every script's keys
+    share the upstream's hash tag, so each runs in one slot."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self):
         self.prefix = f"{settings.RATE_LIMIT_REDIS_PREFIX}:upstream"
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _client(self):
+    async def _client(self):
         loop = asyncio.get_running_loop()
         entry = self._clients.get(loop)
         if entry is None:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
+            client = new_async_redis(
+                timeout=settings.RATE_LIMIT_REDIS_TIMEOUT,
+                connect_timeout=max(settings.RATE_LIMIT_REDIS_TIMEOUT, 2.0),
                 max_connections=64,
-                timeout=5.0,
-                socket_timeout=settings.RATE_LIMIT_REDIS_TIMEOUT,
-                socket_connect_timeout=max(settings.RATE_LIMIT_REDIS_TIMEOUT, 2.0),
-                retry=Retry(NoBackoff(), 0),
             )
-            client = aioredis.Redis(connection_pool=pool)
-            entry = self._clients[loop] = (client, client.register_script(TAKE_LUA), client.register_script(FAIL_LUA))
-        return entry
+            prepared = loop.create_task(prepare_async_redis(client))
+            entry = (client, client.register_script(TAKE_LUA), client.register_script(FAIL_LUA), prepared)
+            self._clients[loop] = entry
+        try:
+            await asyncio.shield(entry[3])
+        except BaseException:
+            self._drop(entry)
+            raise
+        return entry[:3]
 
-    def _drop(self) -> None:
-        self._clients.pop(asyncio.get_running_loop(), None)
+    def _drop(self, entry=None) -> None:
+        loop = asyncio.get_running_loop()
+        current = self._clients.get(loop)
+        if current is not None and (entry is None or current is entry) and not renews_itself(current[0]):
+            del self._clients[loop]
 
     def keys(self, name: str) -> dict[str, str]:
         base = f"{self.prefix}:{{{name}}}"
@@ -173,18 +180,17 @@ class RedisRouteStore:
         }
 
     async def take(self, name: str, rpm: int | None, tpm: int | None, tokens: int, member: str) -> bool:
-        client, take, _ = self._client()
         keys = self.keys(name)
         args = ["" if rpm is None else rpm, "" if tpm is None else tpm, tokens, member]
         try:
+            client, take, _ = await self._client()
             return bool(await take(keys=[keys["rpm"], keys["tpm"], keys["tpm_amounts"]], args=args, client=client))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except Exception as exc:  # redis-py's Cluster client can fail with more than RedisError
             self._drop()
             logger.warning("upstream %s: requests/tokens per minute not counted (redis: %s)", name, exc)
             return True
 
     async def fail(self, name: str, rest_seconds: float | None, error: dict) -> float:
-        client, _, fail = self._client()
         keys = self.keys(name)
         args = [
             int(settings.UPSTREAM_FAILURE_WINDOW_SECONDS * 1000),
@@ -195,8 +201,9 @@ class RedisRouteStore:
             ERRORS_KEPT,
         ]
         try:
+            client, _, fail = await self._client()
             until_ms = await fail(keys=[keys["failures"], keys["rest"], keys["errors"]], args=args, client=client)
-        except (TimeoutError, RedisError, OSError) as exc:
+        except Exception as exc:  # redis-py's Cluster client can fail with more than RedisError
             self._drop()
             logger.warning("upstream %s: failure not shared (redis: %s)", name, exc)
             return 0
@@ -205,27 +212,22 @@ class RedisRouteStore:
     async def resting(self, names: list[str]) -> dict[str, float]:
         if not names:
             return {}
-        client, _, _ = self._client()
         try:
-            values = await client.mget([self.keys(name)["rest"] for name in names])
-        except (TimeoutError, RedisError, OSError) as exc:
+            client, _, _ = await self._client()
+            values = await _mget(client, [self.keys(name)["rest"] for name in names])
+        except Exception as exc:  # redis-py's Cluster client can fail with more than RedisError
             self._drop()
             logger.warning("upstream health not read (redis: %s)", exc)
             return {}
         return {name: int(value) / 1000 for name, value in zip(names, values, strict=True) if value is not None}
 
-    # The admin page reads synchronously, with a client of its own.
-    def _sync(self):
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
-
     def resting_now(self, names: list[str]) -> dict[str, float]:
         if not names:
             return {}
         try:
-            with self._sync() as client:
-                values = client.mget([self.keys(name)["rest"] for name in names])
+            client = get_sync_redis()
+            keys = [self.keys(name)["rest"] for name in names]
+            values = client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
         except (RedisError, OSError):
             return {}
         now = time.time()
@@ -234,10 +236,18 @@ class RedisRouteStore:
 
     def last_errors(self, name: str) -> list[dict]:
         try:
-            with self._sync() as client:
-                return [orjson.loads(item) for item in client.lrange(self.keys(name)["errors"], 0, ERRORS_KEPT - 1)]
+            client = get_sync_redis()
+            return [orjson.loads(item) for item in client.lrange(self.keys(name)["errors"], 0, ERRORS_KEPT - 1)]
         except (RedisError, OSError):
             return []
+
+
+async def _mget(client, keys: list[str]) -> list:
+    """GET of several keys: one MGET on one server; on a Cluster the keys (one hash tag per upstream) may sit in
+    several slots, so redis-py splits it per slot."""
+    if hasattr(client, "mget_nonatomic"):
+        return await client.mget_nonatomic(keys)
+    return await client.mget(keys)
 
 
 _store: LocalRouteStore | RedisRouteStore | None = None
@@ -246,5 +256,5 @@ _store: LocalRouteStore | RedisRouteStore | None = None
 def get_route_store() -> LocalRouteStore | RedisRouteStore:
     global _store
     if _store is None:
-        _store = RedisRouteStore(settings.REDIS_URL) if settings.REDIS_URL else LocalRouteStore()
+        _store = RedisRouteStore() if redis_configured() else LocalRouteStore()
     return _store

@@ -46,7 +46,7 @@ def start_fake_upstream(port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 30
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/stats", timeout=1).read()  # noqa: S310
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/stats", timeout=1).read()
             return process
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:

@@ -41,6 +41,7 @@ from completions import upstream  # noqa: E402
 from config.middleware import new_request_id  # noqa: E402
 from core import lifecycle  # noqa: E402
 from core.errors import error_body_bytes  # noqa: E402
+from core.streaming import BytesStreamingResponse  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 
@@ -105,6 +106,23 @@ class APIHandler(ASGIHandler):
                 except Exception:
                     logger.exception("closing a response failed")
             response._resource_closers.clear()
+
+    async def send_response(self, response, send):
+        """Django's `send_response`, except that a `BytesStreamingResponse` sends each chunk as its own message,
+        without Django's per-chunk wrapping (core/streaming.py): the relay's per-event cost."""
+        if not isinstance(response, BytesStreamingResponse):
+            return await super().send_response(response, send)
+        # The start message as Django builds it (ASGIHandler.send_response; a relayed stream sets no cookies).
+        headers = [(header.encode("ascii"), value.encode("latin1")) for header, value in response.items()]
+        for cookie in response.cookies.values():
+            headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        # A chunk is every event that was complete when it was read: when the client reads slower than the
+        # upstream writes, `send` waits for the socket to drain, the upstream's events gather meanwhile, and the
+        # next chunk carries all of them in one message. Nothing is held back while the client keeps up.
+        async for chunk in response.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body"})
 
     async def cancel_on_disconnect(self, receive, task, state) -> bool:
         """Cancel `task` if the client disconnects before the response is complete; True if it did."""

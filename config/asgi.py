@@ -16,7 +16,8 @@ Each worker warms up when it imports this module (`warm_up`): the URLconf and ev
 counter's vocabulary and, at lifespan startup, the upstream connection pool, so that no client request pays for
 them (they cost half a second, which wrk's coordinated-omission correction turned into a p99 of 300 ms). Then
 the objects of that start-up are frozen out of the garbage collector's reach (`gc.freeze`): a full collection
-traversed all of them, a 50-80 ms pause every few thousand requests.
+traversed all of them, a 50-80 ms pause every few thousand requests. Full collections, which traverse every
+held stream, are made ten times rarer than CPython's default (`FULL_COLLECTION_EVERY`).
 """
 
 import asyncio
@@ -229,6 +230,10 @@ class TollgateApp:
                 return
 
 
+# Collections of the middle generation between two full collections (CPython's default is 10); see warm_up().
+FULL_COLLECTION_EVERY = 100
+
+
 class BodyTooLarge(Exception):
     """A chunked request body grew past MAX_REQUEST_BODY_MB."""
 
@@ -246,6 +251,14 @@ def warm_up() -> None:
     estimate_prompt_tokens([{"role": "user", "content": "warm up"}])
     gc.collect()
     gc.freeze()
+    # A full collection traverses every object alive: with 500 held streams in a worker, over 100 ms with the
+    # event loop stopped (issue 16). CPython starts one after every 10 collections of the middle generation
+    # (once the objects promoted since the last one are a quarter of the old ones), which thousands of streams,
+    # each holding a few hundred objects for as long as it lasts, reach every few seconds. Only reference cycles
+    # need a full collection, and a request leaves none behind (core/asyncview.py, AsyncAPIView.release), so
+    # one in FULL_COLLECTION_EVERY is enough: ten times rarer. The young generations keep CPython's thresholds.
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 application = TollgateApp()

@@ -35,7 +35,8 @@ class AsyncAPIView(APIView):
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
-        self.response._resource_closers.append(self.release)
+        # Django's list of what HttpResponse.close() calls (the stubs type DRF's Response, which lacks it).
+        self.response._resource_closers.append(self.release)  # type: ignore[attr-defined]
         return self.response
 
     def release(self) -> None:

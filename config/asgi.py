@@ -256,7 +256,8 @@ def warm_up() -> None:
     # (once the objects promoted since the last one are a quarter of the old ones), which thousands of streams,
     # each holding a few hundred objects for as long as it lasts, reach every few seconds. Only reference cycles
     # need a full collection, and a request leaves none behind (core/asyncview.py, AsyncAPIView.release), so
-    # one in FULL_COLLECTION_EVERY is enough: ten times rarer. The young generations keep CPython's thresholds.
+    # one in FULL_COLLECTION_EVERY is enough: ten times rarer. The young generations keep CPython's thresholds,
+    # and still free the cycles that die young (an error's traceback, a short request).
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 

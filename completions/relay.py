@@ -398,7 +398,8 @@ class RelayStream:
         self.agen = agen
 
     def __aiter__(self):
-        return self
+        # The generator itself: `async for` resumes it for each chunk with no call of ours in between.
+        return self.agen
 
     def __anext__(self):
         return self.agen.__anext__()

@@ -241,7 +241,8 @@ async def one_stream(url: str, request: bytes, timeout: float) -> StreamResult:
     def on_complete(status, error):
         result.end = now()
         result.status = status
-        result.error = error
+        # A stream past its timeout is closed here, which ends it as "connection closed": it stays a timeout.
+        result.error = result.error or error
         if not finished.done():
             finished.set_result(None)
 

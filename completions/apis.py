@@ -7,13 +7,14 @@ A view only authenticates (DRF, natively async: `core.asyncview`) and drives the
 import time
 
 import orjson
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from rest_framework.parsers import BaseParser
 
 from apikeys.authentication import BearerAPIKeyAuthentication
 from core.asyncview import AsyncAPIView
 from core.errors import OpenAIError
 from core.outcome import RequestOutcome
+from core.streaming import BytesStreamingResponse
 from upstreams.selection import get_table, served_models
 
 from .endpoints import ENDPOINTS, Endpoint
@@ -54,7 +55,7 @@ class RelayApi(AsyncAPIView):
         pipeline = relay(endpoint, request, outcome, params)
         head = await pipeline.__anext__()
         if head.body is None:
-            return StreamingHttpResponse(
+            return BytesStreamingResponse(
                 RelayStream(pipeline), status=head.status, content_type=head.content_type, headers=head.headers
             )
         async for _ in pipeline:  # runs the pipeline to its end: the request is reported

@@ -63,7 +63,7 @@ from upstreams.telemetry import upstream_attempted, upstream_failed_over
 
 from .endpoints.base import Endpoint, Owned
 from .sse import StreamState
-from .upstream import open_upstream
+from .upstream import aiter_body, open_upstream
 from .usage import BadUsage, Usage
 from .validation import ParsedRequest, conversation_of
 
@@ -145,7 +145,7 @@ async def relay(endpoint: Endpoint, request, outcome: RequestOutcome, params: di
                     yield Head(200, "text/event-stream", {**SSE_HEADERS, **admission.headers})
                     try:
                         try:
-                            async for chunk in upstream.aiter_raw():
+                            async for chunk in aiter_body(upstream):
                                 out = dialect.cut(state, chunk)
                                 if owner is not None and state.created_id is not None and not owner.recorded:
                                     # Owned before anyone can learn the id from the stream.
@@ -446,7 +446,7 @@ _closing_relays: set = set()  # strong references to relays being closed in the 
 
 
 class RelayStream:
-    """A stream's generator handed to `StreamingHttpResponse`, with the `close()` Django calls when the response
+    """A stream's generator handed to `BytesStreamingResponse`, with the `close()` Django calls when the response
     closes.
 
     A client that goes away while the server waits to *send* a chunk (a slow reader, the socket buffer full)
@@ -460,7 +460,8 @@ class RelayStream:
         self.agen = agen
 
     def __aiter__(self):
-        return self
+        # The generator itself: `async for` resumes it for each chunk with no call of ours in between.
+        return self.agen
 
     def __anext__(self):
         return self.agen.__anext__()

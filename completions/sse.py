@@ -44,6 +44,24 @@ class StreamState:
     pending: bytes = field(default=b"", repr=False)
 
 
+def complete_part(state: StreamState, chunk: bytes) -> bytes:
+    """The part of `state.pending + chunk` up to the end of its last complete event (CRLF read as LF), or b""; the
+    incomplete rest stays pending."""
+    if b"\r" in chunk:
+        chunk = chunk.replace(b"\r\n", b"\n")
+    data = state.pending + chunk if state.pending else chunk
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        state.pending = data
+        return b""
+    end += 2
+    if end == len(data):
+        state.pending = b""
+        return data
+    state.pending = data[end:]
+    return data[:end]
+
+
 def complete_events(state: StreamState, chunk: bytes) -> list[bytes]:
     """The events `state.pending + chunk` completes (CRLF read as LF); the incomplete rest stays pending."""
     if b"\r" in chunk:
@@ -67,12 +85,20 @@ class DataEventStream:
         self.generated = re.compile(generated)
 
     def cut(self, state: StreamState, chunk: bytes) -> bytes:
-        """The complete events of `state.pending + chunk`, filtered, ready to send (b"" if none is complete)."""
-        events = complete_events(state, chunk)
-        if not events:
+        """The complete events of `state.pending + chunk`, filtered, ready to send (b"" if none is complete).
+
+        Almost every chunk holds only content events: none ends the stream, carries usage or an error, so the
+        complete part goes out as it came, in one slice, after one count of its pieces of text. Only a chunk that
+        may hold one of those events is cut into events and looked at one by one.
+        """
+        data = complete_part(state, chunk)
+        if not data:
             return b""
+        if DONE_EVENT not in data and b'"usage":{' not in data and b'"usage": {' not in data and b'"error"' not in data:
+            state.relayed_text += len(self.generated.findall(data))
+            return data
         out = []
-        for event in events:
+        for event in data.split(b"\n\n")[:-1]:
             if not event:
                 continue
             if event.startswith(DONE_EVENT):

@@ -19,12 +19,15 @@ upstream's key is never sent to another. Which upstream serves a request is `ups
 import asyncio
 import logging
 import weakref
+from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx2
 import openai
 import orjson
 from django.conf import settings
+from httpx2._client import BoundAsyncStream
+from openai._vendor.httpx_aiohttp.transport import AiohttpResponseStream as SDKAiohttpResponseStream
 
 from core.errors import OpenAIError, UpstreamError, UpstreamTimeout
 from core.outcome import ErrorType
@@ -386,6 +389,43 @@ class UpstreamPoster:
         if self._httpx_client is not None:
             await self._httpx_client.aclose()
             self._httpx_client = None
+
+
+def aiter_body(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The raw body of an unread upstream `response`, each chunk as soon as it arrives: what aiohttp holds when it
+    is read (so the events that arrived together come as one chunk), with httpx2's errors.
+
+    A stream relays every upstream event through this loop. `response.aiter_raw()` resumes four generators per
+    chunk (httpx2's byte chunker, its timing stream, the aiohttp transport's stream, aiohttp's iterator) before
+    the relay sees it; an aiohttp-carried body (the SDK's transport, `UPSTREAM_HTTP_CLIENT=sdk` or `aiohttp`) is
+    read here straight from aiohttp's buffer instead. Any other transport (`httpx`) goes through `aiter_raw()`.
+    """
+    content = _aiohttp_content(response)
+    if content is None:
+        return response.aiter_raw()
+    response.is_stream_consumed = True
+    return _aiter_aiohttp(content)
+
+
+def _aiohttp_content(response: httpx2.Response) -> "aiohttp.StreamReader | None":
+    stream = response.stream
+    if isinstance(stream, BoundAsyncStream):  # the SDK's client wraps its transport's stream to time it
+        stream = stream._stream
+    if isinstance(stream, AiohttpResponseStream):
+        return stream._answer.content
+    if isinstance(stream, SDKAiohttpResponseStream):
+        return stream._aiohttp_response.content
+    return None
+
+
+async def _aiter_aiohttp(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await content.readany():
+            yield chunk
+    except TimeoutError as exc:  # before ClientError: aiohttp's read timeout is both
+        raise httpx2.ReadTimeout(str(exc)) from exc
+    except aiohttp.ClientError as exc:
+        raise httpx2.ReadError(str(exc)) from exc
 
 
 class AiohttpResponseStream(httpx2.AsyncByteStream):

@@ -16,7 +16,8 @@ Each worker warms up when it imports this module (`warm_up`): the URLconf and ev
 counter's vocabulary and, at lifespan startup, the upstream connection pool, so that no client request pays for
 them (they cost half a second, which wrk's coordinated-omission correction turned into a p99 of 300 ms). Then
 the objects of that start-up are frozen out of the garbage collector's reach (`gc.freeze`): a full collection
-traversed all of them, a 50-80 ms pause every few thousand requests.
+traversed all of them, a 50-80 ms pause every few thousand requests. Full collections, which traverse every
+held stream, are made ten times rarer than CPython's default (`FULL_COLLECTION_EVERY`).
 """
 
 import asyncio
@@ -41,6 +42,7 @@ from completions import upstream  # noqa: E402
 from config.middleware import new_request_id  # noqa: E402
 from core import lifecycle  # noqa: E402
 from core.errors import error_body_bytes  # noqa: E402
+from core.streaming import BytesStreamingResponse  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 
@@ -105,6 +107,23 @@ class APIHandler(ASGIHandler):
                 except Exception:
                     logger.exception("closing a response failed")
             response._resource_closers.clear()
+
+    async def send_response(self, response, send):
+        """Django's `send_response`, except that a `BytesStreamingResponse` sends each chunk as its own message,
+        without Django's per-chunk wrapping (core/streaming.py): the relay's per-event cost."""
+        if not isinstance(response, BytesStreamingResponse):
+            return await super().send_response(response, send)
+        # The start message as Django builds it (ASGIHandler.send_response; a relayed stream sets no cookies).
+        headers = [(header.encode("ascii"), value.encode("latin1")) for header, value in response.items()]
+        for cookie in response.cookies.values():
+            headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        # A chunk is every event that was complete when it was read: when the client reads slower than the
+        # upstream writes, `send` waits for the socket to drain, the upstream's events gather meanwhile, and the
+        # next chunk carries all of them in one message. Nothing is held back while the client keeps up.
+        async for chunk in response.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body"})
 
     async def cancel_on_disconnect(self, receive, task, state) -> bool:
         """Cancel `task` if the client disconnects before the response is complete; True if it did."""
@@ -212,6 +231,10 @@ class TollgateApp:
                 return
 
 
+# Collections of the middle generation between two full collections (CPython's default is 10); see warm_up().
+FULL_COLLECTION_EVERY = 100
+
+
 class BodyTooLarge(Exception):
     """A chunked request body grew past MAX_REQUEST_BODY_MB."""
 
@@ -229,6 +252,15 @@ def warm_up() -> None:
     estimate_prompt_tokens([{"role": "user", "content": "warm up"}])
     gc.collect()
     gc.freeze()
+    # A full collection traverses every object alive: with 500 held streams in a worker, over 100 ms with the
+    # event loop stopped (issue 16). CPython starts one after every 10 collections of the middle generation
+    # (once the objects promoted since the last one are a quarter of the old ones), which thousands of streams,
+    # each holding a few hundred objects for as long as it lasts, reach every few seconds. Only reference cycles
+    # need a full collection, and a request leaves none behind (core/asyncview.py, AsyncAPIView.release), so
+    # one in FULL_COLLECTION_EVERY is enough: ten times rarer. The young generations keep CPython's thresholds,
+    # and still free the cycles that die young (an error's traceback, a short request).
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 application = TollgateApp()

@@ -12,3 +12,10 @@ class CoreConfig(AppConfig):
 
         outcome.REPORTERS.extend([metrics.observe_request, log_request])
         errors.AUTH_FAILURE_REPORTERS.extend([metrics.observe_auth_failure, log_auth_failure])
+
+        # Every serving process measures its event loop's lag (core/looplag.py).
+        from . import lifecycle
+        from .looplag import monitor
+
+        lifecycle.on_startup(monitor.start)
+        lifecycle.on_shutdown(monitor.stop)

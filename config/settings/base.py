@@ -280,6 +280,8 @@ LOGGING = {
 METRICS_PER_KEY = env.bool("METRICS_PER_KEY", default=False)
 # When set, /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# Log a warning when a worker's event loop is held this long (tollgate_event_loop_lag_seconds; 0: never).
+LOOP_LAG_WARNING_MS = env.float("LOOP_LAG_WARNING_MS", default=100.0)
 
 # SECURITY (admin login): django-axes locks a username out from an address after repeated failures.
 # The database handler counts attempts in the shared database, so every worker and instance agrees.

@@ -208,6 +208,23 @@ def test_events_are_cut_where_they_end_whatever_the_chunking():
         assert state.pending == b""
 
 
+def test_content_events_pass_as_one_slice_and_what_needs_a_look_is_still_looked_at():
+    dialect = CHAT_COMPLETIONS.stream
+    state = StreamState()
+    # Content only (OpenAI's `"usage":null` included): the complete part, byte for byte, its text counted.
+    content = chunk("a") + chunk("b").replace(b"}]}", b'}],"usage":null}')
+    assert dialect.cut(state, content + b"data: {") == content
+    assert state.relayed_text == 2 and state.pending == b"data: {"
+    # The rest of the event, then the usage chunk only Tollgate asked for and [DONE] in the same read.
+    out = dialect.cut(state, b'"choices":[{"delta":{"content":"c"}}]}\n\n' + USAGE_CHUNK + b"data: [DONE]\n\n")
+    assert out == chunk("c") + b"data: [DONE]\n\n"
+    assert state.relayed_text == 3 and state.complete and state.usage == Usage(input_tokens=7, output_tokens=2)
+    # A model that writes `data: [DONE]` in its text does not end the stream.
+    state = StreamState()
+    assert dialect.cut(state, chunk("data: [DONE]")) == chunk("data: [DONE]")
+    assert not state.complete and state.relayed_text == 1
+
+
 def test_the_usage_chunk_reaches_a_client_that_asked_for_it_and_crlf_is_normalised():
     state = StreamState(client_wants_usage=True)
     out = CHAT_COMPLETIONS.stream.cut(state, USAGE_CHUNK.replace(b"\n", b"\r\n"))

@@ -79,13 +79,10 @@ def rollup_deltas(records: Iterable[dict]) -> dict[tuple, list[int]]:
     return deltas
 
 
-# Rows per upsert statement: well under PostgreSQL's 65,535 and SQLite's 32,766 parameters.
-_CHUNK = 2000
-
-
 def rollup_add(deltas: dict[tuple, list[int]], *, using: str = "default") -> None:
-    """Add `deltas` (see `rollup_deltas`) to the rollups: one upsert per chunk, rows in the unique index's order.
-    Call inside the transaction that inserted the records."""
+    """Add `deltas` (see `rollup_deltas`) to the rollups: one upsert per row, sent together (`executemany`: one
+    round trip on PostgreSQL), rows in the unique index's order. Call inside the transaction that inserted the
+    records."""
     if not deltas:
         return
     connection = connections[using]
@@ -93,23 +90,17 @@ def rollup_add(deltas: dict[tuple, list[int]], *, using: str = "default") -> Non
     quote = ops.quote_name
     table = quote(UsageRollup._meta.db_table)
     columns = (*DIMENSIONS, *MEASURES)
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     updates = ", ".join(f"{quote(m)} = {table}.{quote(m)} + excluded.{quote(m)}" for m in MEASURES)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(quote(c) for c in UNIQUE)}) DO UPDATE SET {updates}"
+    )
     adapt_time = ops.adapt_datetimefield_value
     order = [DIMENSIONS.index(name) for name in UNIQUE]
     items = sorted(deltas.items(), key=lambda item: tuple(item[0][i] for i in order))
     with connection.cursor() as cursor:
-        for start in range(0, len(items), _CHUNK):
-            chunk = items[start : start + _CHUNK]
-            sql = (
-                f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
-                f"VALUES {', '.join([one] * len(chunk))} "
-                f"ON CONFLICT ({', '.join(quote(c) for c in UNIQUE)}) DO UPDATE SET {updates}"
-            )
-            params: list = []
-            for (hour, *rest), sums in chunk:
-                params += [adapt_time(hour), *rest, *sums]
-            cursor.execute(sql, params)
+        cursor.executemany(sql, [[adapt_time(hour), *rest, *sums] for (hour, *rest), sums in items])
 
 
 def rollup_rebuild(
@@ -150,32 +141,17 @@ def rollup_rebuild(
             cost=Sum(Cast(Round(F("cost_usd") * Value(Decimal(MONEY_UNITS_PER_USD))), BigIntegerField())),
         )
     )
-    created = 0
-    with transaction.atomic(using=using):
+    # One INSERT … SELECT: the grouping runs in the database, nothing comes through Python.
+    select_sql, params = grouped.query.sql_with_params()
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    sums = ("n", "prompt", "cached", "completion", "reasoning", "total", "cost")
+    target = ", ".join(quote(name) for name in (*DIMENSIONS, *MEASURES))
+    source = ", ".join([*(f"q.{quote(name)}" for name in DIMENSIONS), *(f"COALESCE(q.{quote(s)}, 0)" for s in sums)])
+    with transaction.atomic(using=using), connection.cursor() as cursor:
         rollups.delete()
-        batch: list = []
-        for row in grouped.iterator(chunk_size=5000):
-            batch.append(
-                rollup_model(
-                    hour=row["hour"].astimezone(UTC),
-                    key_prefix=row["key_prefix"],
-                    key_name=row["key_name"],
-                    model=row["model"],
-                    endpoint=row["endpoint"],
-                    outcome=row["outcome"],
-                    requests=row["n"],
-                    prompt_tokens=int(row["prompt"] or 0),
-                    cached_tokens=int(row["cached"] or 0),
-                    completion_tokens=int(row["completion"] or 0),
-                    reasoning_tokens=int(row["reasoning"] or 0),
-                    total_tokens=int(row["total"] or 0),
-                    cost_units=int(row["cost"] or 0),
-                )
-            )
-            if len(batch) >= 5000:
-                rollup_model.objects.using(using).bulk_create(batch)
-                created += len(batch)
-                batch = []
-        rollup_model.objects.using(using).bulk_create(batch)
-        created += len(batch)
-    return created
+        cursor.execute(
+            f"INSERT INTO {quote(rollup_model._meta.db_table)} ({target}) SELECT {source} FROM ({select_sql}) q",  # noqa: S608
+            params,
+        )
+        return cursor.rowcount

@@ -420,9 +420,10 @@ class UsageWriter:
         """Insert `rows` (fitted, `INSERT_COLUMNS` order) and add the ones the database took to the hourly
         rollups (`usage.rollups`), in the caller's transaction; return how many were inserted.
 
-        One multi-row `INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id` per chunk
-        (PostgreSQL, SQLite >= 3.35): rows that already exist (a batch retried after a commit whose answer was
-        lost) are not returned, so they add nothing to the rollups either.
+        `INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id`: rows that already exist
+        (a batch retried after a commit whose answer was lost) are not returned, so they add nothing to the
+        rollups either. PostgreSQL: `INSERT … SELECT * FROM unnest(<one array per column>)`, one short statement
+        per batch. SQLite (>= 3.35): multi-row VALUES.
 
         Not `bulk_create`: building model instances and running each value through the field machinery cost
         more than the database's own work, on a thread that shares the GIL with the event loop.
@@ -439,27 +440,41 @@ class UsageWriter:
         concrete = {field.attname: field.column for field in meta.concrete_fields}
         columns = ", ".join(quote(concrete[name]) for name in INSERT_COLUMNS)
         one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
+        conflict = f"ON CONFLICT ({quote('request_id')}, {quote('created_at')}) DO NOTHING"
+        returning = f" RETURNING {quote('request_id')}" if self.rollups_enabled else ""
         cost_at, created_at = INSERT_COLUMNS.index("cost_usd"), INSERT_COLUMNS.index("created_at")
         adapt_cost, adapt_time = ops.adapt_decimalfield_value, ops.adapt_datetimefield_value
+        params = []
+        for row in rows:
+            row = list(row)
+            row[cost_at] = adapt_cost(row[cost_at], 14, 8)
+            row[created_at] = adapt_time(row[created_at])
+            params.append(row)
         inserted: Counter = Counter()
         with connection.cursor() as cursor:
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                chunk = rows[start : start + _INSERT_CHUNK]
-                sql = (
-                    f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([one] * len(chunk))} "  # noqa: S608
-                    f"ON CONFLICT ({quote('request_id')}, {quote('created_at')}) DO NOTHING"
-                )
-                if self.rollups_enabled:
-                    sql += f" RETURNING {quote('request_id')}"
-                params: list = []
-                for row in chunk:
-                    row = list(row)
-                    row[cost_at] = adapt_cost(row[cost_at], 14, 8)
-                    row[created_at] = adapt_time(row[created_at])
-                    params += row
-                cursor.execute(sql, params)
-                if self.rollups_enabled:
-                    inserted.update(request_id for (request_id,) in cursor.fetchall())
+            if connection.vendor == "postgresql":
+                # One statement whatever the batch size: a row per element of 22 arrays. (Not `executemany`: each
+                # of its statements pays the partitioned table's routing set-up, 10x the cost of the row itself.)
+                types = {field.attname: field.db_type(connection) for field in meta.concrete_fields}
+                arrays = ", ".join(f"%s::{types[name]}[]" for name in INSERT_COLUMNS)
+                table = quote(meta.db_table)
+                sql = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}{returning}"  # noqa: S608
+                # Server-side binding (a plain psycopg cursor, not Django's client-side one): the arrays go as
+                # parameters, adapted by psycopg's C dumpers, instead of being rendered into the SQL text.
+                import psycopg
+
+                with psycopg.Cursor(cursor.connection) as bound:
+                    bound.execute(sql, [list(column) for column in zip(*params, strict=True)])
+                    if returning:
+                        inserted.update(request_id for (request_id,) in bound.fetchall())
+            else:
+                for start in range(0, len(params), _INSERT_CHUNK):
+                    chunk = params[start : start + _INSERT_CHUNK]
+                    values = ", ".join([one] * len(chunk))
+                    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values} {conflict}{returning}"  # noqa: S608
+                    cursor.execute(sql, [value for row in chunk for value in row])
+                    if returning:
+                        inserted.update(request_id for (request_id,) in cursor.fetchall())
         if not self.rollups_enabled:
             return len(rows)
         taken = []

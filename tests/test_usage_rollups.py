@@ -19,7 +19,7 @@ from apikeys.keycache import KeySnapshot
 from apikeys.services import api_key_create, api_key_rotate, team_create
 from core.outcome import RequestOutcome
 from metering.base import BudgetWindow, budget_spent_in_database
-from usage.models import UsageRecord, UsageRollup
+from usage.models import UsageDailyRollup, UsageRecord, UsageRollup
 from usage.pricing import usd_to_units
 from usage.rollups import rollup_rebuild
 from usage.selectors import usage_budget_status, usage_budgets_spent, usage_team_budget_status, usage_totals
@@ -30,11 +30,21 @@ MEASURES = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "
 DIMENSIONS = ("hour", "key_prefix", "key_name", "model", "endpoint", "outcome")
 
 
-def rollups() -> dict[tuple, tuple]:
+def rollups(model=UsageRollup) -> dict[tuple, tuple]:
     return {
         tuple(row[d] for d in DIMENSIONS): tuple(row[m] for m in MEASURES)
-        for row in UsageRollup.objects.values(*DIMENSIONS, *MEASURES)
+        for row in model.objects.values(*DIMENSIONS, *MEASURES)
     }
+
+
+def days_of(hourly: dict[tuple, tuple]) -> dict[tuple, tuple]:
+    """The hourly rows summed per UTC day: what the daily rollups must hold."""
+    out: dict[tuple, list] = {}
+    for (hour, *rest), sums in hourly.items():
+        row = out.setdefault((hour.replace(hour=0), *rest), [0] * len(sums))
+        for i, value in enumerate(sums):
+            row[i] += value
+    return {key: tuple(values) for key, values in out.items()}
 
 
 def outcome(key, *, at, status=200, model="gpt-4o-mini", endpoint="chat.completions", cost="0.00012345", **fields):
@@ -99,10 +109,13 @@ def test_writer_rollups_count_each_inserted_record_once_and_equal_a_rebuild(keys
     assert {d[0] for d in written} == {
         (o.started_at.replace(minute=0, second=0, microsecond=0)).astimezone(UTC) for o in batch
     }
-    # The rebuild from the records gives exactly the writer's rows.
+    daily = rollups(UsageDailyRollup)
+    assert daily == days_of(written)
+    # The rebuild from the records gives exactly the writer's rows, hourly and daily.
     out = io.StringIO()
     call_command("rebuild_usage_rollups", stdout=out)
     assert rollups() == written
+    assert rollups(UsageDailyRollup) == daily
     assert f"{len(written)} rollup rows" in out.getvalue()
 
 
@@ -123,8 +136,10 @@ def test_writer_thread_and_a_record_refused_alone_keep_rollups_exact(keys):
     writer._write_one_by_one([UsageRecord(**dict(zip_fit(outcome(keys[0], at=now))))])
     assert sum(m[0] for m in rollups().values()) == 11
     written = rollups()
+    assert rollups(UsageDailyRollup) == days_of(written)
     rollup_rebuild()
     assert rollups() == written
+    assert rollups(UsageDailyRollup) == days_of(written)
 
 
 def zip_fit(o):
@@ -138,9 +153,12 @@ def test_rebuild_since_a_day_leaves_earlier_hours_alone(keys):
     now = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
     write(writer, [outcome(keys[0], at=now - timedelta(days=2)), outcome(keys[0], at=now)])
     UsageRollup.objects.update(requests=99)  # damage every row
+    UsageDailyRollup.objects.update(requests=98)
     call_command("rebuild_usage_rollups", "--since", "2026-03-10", stdout=io.StringIO())
     by_day = {d[0].date().isoformat(): m[0] for d, m in rollups().items()}
     assert by_day == {"2026-03-08": 99, "2026-03-10": 1}
+    by_day = {d[0].date().isoformat(): m[0] for d, m in rollups(UsageDailyRollup).items()}
+    assert by_day == {"2026-03-08": 98, "2026-03-10": 1}
     with pytest.raises(Exception, match="YYYY-MM-DD"):
         call_command("rebuild_usage_rollups", "--since", "10/03/2026")
 
@@ -153,8 +171,11 @@ def test_totals_read_rollups_and_refuse_bounds_that_are_not_whole_hours(keys):
     totals = usage_totals(key_prefix=keys[0].prefix, since=hour)
     assert (totals["requests"], totals["throttled"], totals["errors"]) == (2, 1, 1)
     assert totals["cost_usd"] == Decimal("0.00024690")
+    day = hour.replace(hour=0)
+    assert usage_totals(key_prefix=keys[0].prefix, since=day)["requests"] == 2  # from the daily rollups
     UsageRecord.objects.all().delete()  # purged records: the totals stay
     assert usage_totals(key_prefix=keys[0].prefix, since=hour)["requests"] == 2
+    assert usage_totals(key_prefix=keys[0].prefix, since=day)["requests"] == 2
     with pytest.raises(ValueError, match="whole hour"):
         usage_totals(since=now)
 

@@ -175,19 +175,9 @@ class Outcome(models.TextChoices):
     ERROR = "error"  # any other status >= 400
 
 
-class UsageRollup(models.Model):
-    """Hourly totals of the usage records: one row per UTC hour, key, key name, model, endpoint and outcome class.
-
-    Written by the usage writer in the same transaction as the records it inserts, counting only the records
-    actually inserted (usage/rollups.py); `manage.py rebuild_usage_rollups` recomputes them from the records.
-    Dashboards, key pages, budget panels, `usage_report`, budget counter rebuilds and the alert scanner read
-    these, never the records. A key's lineage and a team are resolved through the key table (the prefixes of the
-    lineage, of the keys now in the team), as budget enforcement does. They outlive purged records.
-
-    `key_name` is part of the row's identity so that a key renamed within an hour gives two rows and the reports'
-    "latest name" (the greatest, as over the records) is the same from rollups as from records. Money is an
-    integer of 10⁻⁸ USD (`usage.pricing` units): sums are exact on every database.
-    """
+class RollupFields(models.Model):
+    """What an hourly and a daily rollup row hold: `hour` (the span's first hour: for a day, its midnight UTC), the
+    key, key name, model, endpoint and outcome class it totals, and the sums."""
 
     hour = models.DateTimeField()
     key_prefix = models.CharField(max_length=8)
@@ -204,6 +194,28 @@ class UsageRollup(models.Model):
     cost_units = models.BigIntegerField(default=0, help_text="USD x 10^8.")
 
     class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.key_prefix} {self.model} {self.endpoint} {self.outcome}"
+
+
+class UsageRollup(RollupFields):
+    """Hourly totals of the usage records: one row per UTC hour, key, key name, model, endpoint and outcome class.
+
+    Written by the usage writer in the same transaction as the records it inserts, counting only the records
+    actually inserted (usage/rollups.py); `manage.py rebuild_usage_rollups` recomputes them from the records.
+    Dashboards, key pages, budget panels, `usage_report`, budget counter rebuilds and the alert scanner read
+    these (or their daily sums, `UsageDailyRollup`), never the records. A key's lineage and a team are resolved
+    through the key table (the prefixes of the lineage, of the keys now in the team), as budget enforcement does.
+    They outlive purged records.
+
+    `key_name` is part of the row's identity so that a key renamed within an hour gives two rows and the reports'
+    "latest name" (the greatest, as over the records) is the same from rollups as from records. Money is an
+    integer of 10⁻⁸ USD (`usage.pricing` units): sums are exact on every database.
+    """
+
+    class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["key_prefix", "hour", "model", "endpoint", "outcome", "key_name"], name="usage_rollup_once"
@@ -212,5 +224,17 @@ class UsageRollup(models.Model):
         # The unique index serves one key's (or a few keys') hours; this one every key's hours (the dashboard).
         indexes = [models.Index(fields=["hour"], name="usage_rollup_hour_idx")]
 
-    def __str__(self) -> str:
-        return f"{self.hour:%Y-%m-%d %H}:00 {self.key_prefix} {self.model} {self.endpoint} {self.outcome}"
+
+class UsageDailyRollup(RollupFields):
+    """The hourly rollups summed per UTC day (`hour` is the day's midnight), written with them by the usage
+    writer and rebuilt with them. Whatever spans whole days (the 30-day pictures, report days, budget periods)
+    reads these: 24 times fewer rows than the hourly ones."""
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key_prefix", "hour", "model", "endpoint", "outcome", "key_name"],
+                name="usage_daily_rollup_once",
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="usage_daily_rollup_hour_idx")]

@@ -1,10 +1,12 @@
-"""Hourly usage rollups (`UsageRollup`): how the usage writer adds to them, and how they are rebuilt from records.
+"""Hourly usage rollups (`UsageRollup`) and their daily sums (`UsageDailyRollup`): how the usage writer adds to
+them, and how they are rebuilt from records.
 
 The writer inserts a batch of records with `INSERT … ON CONFLICT DO NOTHING RETURNING request_id`, so it knows
 which records the database actually took (a retried batch takes none), and calls `rollup_add` with those in the
 same transaction: the rollups move exactly with the records. `rollup_add` upserts each (hour, key, model,
 endpoint, outcome) row once per batch, adding the batch's sums (`ON CONFLICT … DO UPDATE SET x = x + excluded.x`),
-in a fixed order so that two workers' batches lock shared rows in the same order and cannot deadlock.
+in a fixed order so that two workers' batches lock shared rows in the same order and cannot deadlock; then the
+same for the daily rows.
 
 `rollup_rebuild(since)` recomputes every rollup from the hour `since` on from the records (backfills, and records
 written without the writer); on the same records it gives exactly what the writer produced.
@@ -16,9 +18,9 @@ from decimal import Decimal
 
 from django.db import connections, transaction
 from django.db.models import BigIntegerField, Case, Count, F, Sum, Value, When
-from django.db.models.functions import Cast, Round, TruncHour
+from django.db.models.functions import Cast, Round, TruncDay, TruncHour
 
-from .models import Outcome, UsageRecord, UsageRollup
+from .models import Outcome, UsageDailyRollup, UsageRecord, UsageRollup
 from .pricing import MONEY_UNITS_PER_USD
 
 # The dimensions of a rollup row, then its sums, in the order of the upsert's columns.
@@ -79,16 +81,11 @@ def rollup_deltas(records: Iterable[dict]) -> dict[tuple, list[int]]:
     return deltas
 
 
-def rollup_add(deltas: dict[tuple, list[int]], *, using: str = "default") -> None:
-    """Add `deltas` (see `rollup_deltas`) to the rollups: one upsert per row, sent together (`executemany`: one
-    round trip on PostgreSQL), rows in the unique index's order. Call inside the transaction that inserted the
-    records."""
-    if not deltas:
-        return
+def _upsert(model, deltas: dict[tuple, list[int]], using: str) -> None:
     connection = connections[using]
     ops = connection.ops
     quote = ops.quote_name
-    table = quote(UsageRollup._meta.db_table)
+    table = quote(model._meta.db_table)
     columns = (*DIMENSIONS, *MEASURES)
     updates = ", ".join(f"{quote(m)} = {table}.{quote(m)} + excluded.{quote(m)}" for m in MEASURES)
     sql = (
@@ -103,33 +100,83 @@ def rollup_add(deltas: dict[tuple, list[int]], *, using: str = "default") -> Non
         cursor.executemany(sql, [[adapt_time(hour), *rest, *sums] for (hour, *rest), sums in items])
 
 
+def daily_deltas(deltas: dict[tuple, list[int]]) -> dict[tuple, list[int]]:
+    """Hourly deltas summed per UTC day (the key's time is the day's midnight)."""
+    days: dict[tuple, list[int]] = {}
+    for (hour, *rest), sums in deltas.items():
+        key = (hour.replace(hour=0), *rest)
+        row = days.get(key)
+        if row is None:
+            days[key] = list(sums)
+        else:
+            for i, value in enumerate(sums):
+                row[i] += value
+    return days
+
+
+def rollup_add(deltas: dict[tuple, list[int]], *, using: str = "default") -> None:
+    """Add `deltas` (see `rollup_deltas`) to the hourly rollups and their daily sums: one upsert per row, sent
+    together (`executemany`: one round trip on PostgreSQL), rows in the unique index's order. Call inside the
+    transaction that inserted the records."""
+    if not deltas:
+        return
+    _upsert(UsageRollup, deltas, using)
+    _upsert(UsageDailyRollup, daily_deltas(deltas), using)
+
+
+def _insert_grouped(cursor, connection, model, grouped, time_alias: str, sums: tuple) -> int:
+    """INSERT INTO `model`'s table the rows of `grouped` (a values().annotate() queryset with the dimensions,
+    the time as `time_alias` and the sums as `sums`): one INSERT … SELECT, nothing comes through Python."""
+    select_sql, params = grouped.query.sql_with_params()
+    quote = connection.ops.quote_name
+    target = ", ".join(quote(name) for name in (*DIMENSIONS, *MEASURES))
+    source = ", ".join(
+        [f"q.{quote(time_alias)}", *(f"q.{quote(name)}" for name in DIMENSIONS[1:]),
+         *(f"COALESCE(q.{quote(s)}, 0)" for s in sums)]
+    )  # fmt: skip
+    sql = f"INSERT INTO {quote(model._meta.db_table)} ({target}) SELECT {source} FROM ({select_sql}) q"  # noqa: S608
+    cursor.execute(sql, params)
+    return cursor.rowcount
+
+
 def rollup_rebuild(
-    *, since: datetime | None = None, using: str = "default", record_model=UsageRecord, rollup_model=UsageRollup
+    *,
+    since: datetime | None = None,
+    using: str = "default",
+    record_model=UsageRecord,
+    rollup_model=UsageRollup,
+    daily_model=UsageDailyRollup,
 ) -> int:
-    """Recompute the rollups of every hour from `since` (an aware datetime, truncated to its hour; None: all of
-    them) from the usage records, in one transaction; return how many rollup rows there are now for that span.
-    `record_model` and `rollup_model` are for a migration's historical models.
+    """Recompute the hourly rollups of every hour from `since` (an aware datetime, truncated to its hour; None:
+    all of them) from the usage records, and the daily ones from that day on from the hourly ones, in one
+    transaction; return how many hourly rows there are now for that span. The models are parameters for a
+    migration's historical ones.
 
     Rows of hours whose records were purged are kept only before `since`: rebuild from a `since` after the
     retention horizon (a full rebuild after a purge would drop the purged hours' totals).
     """
     records = record_model.objects.using(using).all()
     rollups = rollup_model.objects.using(using).all()
+    hourly_for_days = rollup_model.objects.using(using).all()
+    days = daily_model.objects.using(using).all()
     if since is not None:
         since = hour_of(since)
+        day = since.replace(hour=0)
         records = records.filter(created_at__gte=since)
         rollups = rollups.filter(hour__gte=since)
+        hourly_for_days = hourly_for_days.filter(hour__gte=day)
+        days = days.filter(hour__gte=day)
     grouped = (
         records.order_by()
         .annotate(
-            hour=TruncHour("created_at", tzinfo=UTC),
+            start=TruncHour("created_at", tzinfo=UTC),
             outcome=Case(
                 When(status__lt=400, then=Value(Outcome.OK.value)),
                 When(status=429, then=Value(Outcome.THROTTLED.value)),
                 default=Value(Outcome.ERROR.value),
             ),
         )
-        .values(*DIMENSIONS)
+        .values("start", *DIMENSIONS[1:])
         .annotate(
             n=Count("id"),
             prompt=Sum("prompt_tokens"),
@@ -141,17 +188,17 @@ def rollup_rebuild(
             cost=Sum(Cast(Round(F("cost_usd") * Value(Decimal(MONEY_UNITS_PER_USD))), BigIntegerField())),
         )
     )
-    # One INSERT … SELECT: the grouping runs in the database, nothing comes through Python.
-    select_sql, params = grouped.query.sql_with_params()
+    by_day = (
+        hourly_for_days.order_by()
+        .annotate(start=TruncDay("hour", tzinfo=UTC))
+        .values("start", *DIMENSIONS[1:])
+        .annotate(**{f"s_{m}": Sum(m) for m in MEASURES})
+    )
     connection = connections[using]
-    quote = connection.ops.quote_name
-    sums = ("n", "prompt", "cached", "completion", "reasoning", "total", "cost")
-    target = ", ".join(quote(name) for name in (*DIMENSIONS, *MEASURES))
-    source = ", ".join([*(f"q.{quote(name)}" for name in DIMENSIONS), *(f"COALESCE(q.{quote(s)}, 0)" for s in sums)])
     with transaction.atomic(using=using), connection.cursor() as cursor:
         rollups.delete()
-        cursor.execute(
-            f"INSERT INTO {quote(rollup_model._meta.db_table)} ({target}) SELECT {source} FROM ({select_sql}) q",  # noqa: S608
-            params,
-        )
-        return cursor.rowcount
+        sums = ("n", "prompt", "cached", "completion", "reasoning", "total", "cost")
+        hourly = _insert_grouped(cursor, connection, rollup_model, grouped, "start", sums)
+        days.delete()
+        _insert_grouped(cursor, connection, daily_model, by_day, "start", tuple(f"s_{m}" for m in MEASURES))
+        return hourly

@@ -1,8 +1,10 @@
 """Read queries over usage: totals per key and model, daily and hourly series, dashboard aggregates, budget spend.
 
-They read the hourly rollups (`UsageRollup`, written with the records by the usage writer), never the records,
-so their cost grows with keys x models x hours, not with requests. Bounds (`since`, `until`) must therefore be
-whole UTC hours (days, budget periods and report days all are); anything else raises ValueError.
+They read the rollups (`UsageRollup` per hour, `UsageDailyRollup` per day, written with the records by the usage
+writer), never the records, so their cost grows with keys x models x days (or hours), not with requests: spans of
+whole UTC days (the 30-day pictures, report days, budget periods) read the daily ones. Bounds (`since`,
+`until`) must therefore be whole UTC hours (days, budget periods and report days all are); anything else raises
+ValueError.
 
 Every function takes aware datetimes (UTC) and returns plain dicts and lists, ready for a report, a template or
 `json_script`. Days and hours are UTC buckets. Costs are `Decimal`s with 8 decimal places (the records'
@@ -22,7 +24,7 @@ from apikeys.models import APIKey
 from metering.base import BudgetWindow
 
 from .endpoint_names import known_endpoints
-from .models import Outcome, UsageRecord, UsageRollup
+from .models import Outcome, UsageDailyRollup, UsageRecord, UsageRollup
 from .pricing import units_to_usd
 
 ZERO = Decimal("0")
@@ -60,6 +62,10 @@ def _whole_hour(moment: datetime | None, name: str) -> None:
         raise ValueError(f"usage totals are hourly: {name} must be an aware datetime on a whole hour, got {moment}")
 
 
+def _whole_day(moment: datetime | None) -> bool:
+    return moment is None or moment.astimezone(UTC).hour == 0
+
+
 def usage_rollups(
     *,
     key_prefix: str | None = None,
@@ -67,13 +73,16 @@ def usage_rollups(
     endpoint: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    hourly: bool = False,
 ) -> QuerySet:
-    """The hourly rollups of one key (by prefix), of several keys (`key_prefixes`: a list or a `values("prefix")`
-    subquery) or all, of one endpoint or all, for the hours `since <= hour < until` (either bound optional; both
-    whole hours)."""
+    """The rollups of one key (by prefix), of several keys (`key_prefixes`: a list or a `values("prefix")`
+    subquery) or all, of one endpoint or all, for `since <= hour < until` (either bound optional; both whole
+    hours): the daily ones when both bounds are whole UTC days (or absent) and `hourly` is not asked for, else the
+    hourly ones. Both have the same fields (`hour` is a day's midnight in the daily ones)."""
     _whole_hour(since, "since")
     _whole_hour(until, "until")
-    rollups: QuerySet = UsageRollup.objects.all()
+    daily = not hourly and _whole_day(since) and _whole_day(until)
+    rollups: QuerySet = (UsageDailyRollup if daily else UsageRollup).objects.all()
     if key_prefix is not None:
         rollups = rollups.filter(key_prefix=key_prefix)
     if key_prefixes is not None:
@@ -258,7 +267,7 @@ def usage_hourly_series(
     """Like `usage_daily_series`, per UTC hour over the last `hours` hours (the current hour included)."""
     current = (now or timezone.now()).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current - timedelta(hours=hours - 1)
-    records = usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
+    records = usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start, hourly=True)
     return _series(records, trunc=TruncHour, start=start, step=timedelta(hours=1), count=hours)
 
 
@@ -375,7 +384,8 @@ def usage_budgets_spent(*, keys: Iterable[APIKey] = (), teams: Iterable = (), no
     }
     spent: dict[str, dict[str, int]] = {
         row["key_prefix"]: row
-        for row in UsageRollup.objects.filter(key_prefix__in=prefixes)
+        # Budget periods are whole UTC days: the daily rollups.
+        for row in UsageDailyRollup.objects.filter(key_prefix__in=prefixes)
         .order_by()
         .values("key_prefix")
         .annotate(total=Sum("cost_units"), **sums)

@@ -11,6 +11,7 @@ def rollups_from_records(apps, schema_editor):
         using=schema_editor.connection.alias,
         record_model=apps.get_model("usage", "UsageRecord"),
         rollup_model=apps.get_model("usage", "UsageRollup"),
+        daily_model=apps.get_model("usage", "UsageDailyRollup"),
     )
 
 
@@ -58,6 +59,29 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name='usagerollup',
             constraint=models.UniqueConstraint(fields=('key_prefix', 'hour', 'model', 'endpoint', 'outcome', 'key_name'), name='usage_rollup_once'),
+        ),
+        migrations.CreateModel(
+            name='UsageDailyRollup',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('hour', models.DateTimeField()),
+                ('key_prefix', models.CharField(max_length=8)),
+                ('key_name', models.CharField(blank=True, max_length=50)),
+                ('model', models.CharField(blank=True, max_length=100)),
+                ('endpoint', models.CharField(max_length=40)),
+                ('outcome', models.CharField(choices=[('ok', 'Ok'), ('throttled', 'Throttled'), ('error', 'Error')], max_length=10)),
+                ('requests', models.BigIntegerField(default=0)),
+                ('prompt_tokens', models.BigIntegerField(default=0)),
+                ('cached_tokens', models.BigIntegerField(default=0)),
+                ('completion_tokens', models.BigIntegerField(default=0)),
+                ('reasoning_tokens', models.BigIntegerField(default=0)),
+                ('total_tokens', models.BigIntegerField(default=0)),
+                ('cost_units', models.BigIntegerField(default=0, help_text='USD x 10^8.')),
+            ],
+            options={
+                'indexes': [models.Index(fields=['hour'], name='usage_daily_rollup_hour_idx')],
+                'constraints': [models.UniqueConstraint(fields=('key_prefix', 'hour', 'model', 'endpoint', 'outcome', 'key_name'), name='usage_daily_rollup_once')],
+            },
         ),
         migrations.RunPython(rollups_from_records, migrations.RunPython.noop),
     ]

@@ -121,7 +121,9 @@ class UsageRecord(models.Model):
     api_key = models.ForeignKey(
         "apikeys.APIKey", null=True, on_delete=models.SET_NULL, related_name="usage", db_constraint=False
     )
-    key_prefix = models.CharField(max_length=8, db_index=True)
+    # No index of its own: (key_prefix, created_at) below serves every lookup by key, and each index costs the
+    # usage writer on every insert.
+    key_prefix = models.CharField(max_length=8)
     key_name = models.CharField(max_length=50, blank=True)
     # A row that names no endpoint is a chat completion: every row from before Tollgate served other endpoints,
     # and what workers of the previous release still insert (without this column) during a rolling deploy.

@@ -57,9 +57,11 @@ def _rebuild(cursor, *, partitioned: bool) -> None:
     cursor.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY {key}")
     cursor.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT usage_request_once UNIQUE (request_id, created_at)")
     for _name, definition in indexes:  # read before the rename: they name the table's own name
-        if "(request_id varchar_pattern_ops)" in definition:
-            # Left behind when 0006 made request_id non-unique (Django looked for it under the table's later name):
-            # nothing queries request_id by pattern.
+        if "varchar_pattern_ops" in definition:
+            # LIKE-pattern indexes: request_id's and key_prefix's were left behind when 0006 made request_id
+            # non-unique and key_prefix unindexed (Django looked for them under the table's later name), and
+            # api_key_id's comes with any foreign key to a text key. Nothing queries these columns by pattern, and
+            # every index costs the usage writer on every insert.
             continue
         cursor.execute(definition)
 

@@ -166,7 +166,7 @@ def team_key_prefixes(team) -> QuerySet:
 
 def usage_endpoint_known(endpoint: str) -> bool:
     """True for an endpoint the relay serves or that some usage record names."""
-    return endpoint in known_endpoints() or UsageRollup.objects.filter(endpoint=endpoint).exists()
+    return endpoint in known_endpoints() or UsageDailyRollup.objects.filter(endpoint=endpoint).exists()
 
 
 def endpoint_order(names: Iterable[str]) -> list[str]:

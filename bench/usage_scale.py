@@ -207,7 +207,7 @@ def timed(fn, repeat: int) -> dict:
     return {"cold_ms": round(cold, 1), "median_ms": round(statistics.median(runs), 1), "max_ms": round(max(runs), 1)}
 
 
-def measure_readers(keys, teams, now: datetime, repeat: int, raw_ref: str, raw_alert_scan: bool = True) -> dict:
+def measure_readers(keys, teams, now: datetime, repeat: int, raw_ref: str, scan_records: bool = True) -> dict:
     from django.db.models import Sum
 
     from metering.base import BudgetWindow, budget_spent_in_database
@@ -269,7 +269,7 @@ def measure_readers(keys, teams, now: datetime, repeat: int, raw_ref: str, raw_a
     for name, (with_rollups, without) in cases.items():
         out[name] = {"rollups": timed(with_rollups, repeat)}
         log(f"  {name}: rollups {out[name]['rollups']}")
-        if name == "alert_scan_spend" and not raw_alert_scan:
+        if name == "alert_scan_spend" and not scan_records:
             continue
         # Summing records takes seconds to minutes at these sizes: the slow ones run once.
         raw_repeat = 0 if name in ("dashboard", "usage_report_month", "alert_scan_spend") else repeat
@@ -376,7 +376,7 @@ def main() -> None:
         log(f"rollups in {result['rollup_rebuild_seconds']} s; sizes {result['sizes']}")
         log("readers (with rollups, then summing records as before rollups)")
         result["readers"] = measure_readers(
-            keys, teams, now, args.repeat, args.raw_ref, raw_alert_scan=not args.no_raw_alert_scan
+            keys, teams, now, args.repeat, args.raw_ref, scan_records=not args.no_raw_alert_scan
         )
         log("writer")
         result["writer"] = {

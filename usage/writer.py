@@ -3,9 +3,10 @@
 `record_usage(outcome)` is a `core.outcome.REPORTERS` entry (registered in `CompletionsConfig.ready`).
 On the event loop it only copies the outcome's fields into a tuple and appends it to an in-memory buffer (a
 few microseconds, no I/O). A daemon thread per process (`UsageWriter`) drains the buffer every
-`USAGE_FLUSH_SECONDS` or as soon as `USAGE_BATCH_SIZE` records wait, one transaction per batch: a multi-row
-`INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id`, then one upsert of the hourly
-rollups (`usage.rollups`) with the sums of exactly the rows returned, so records and rollups commit together.
+`USAGE_FLUSH_SECONDS` or as soon as `USAGE_BATCH_SIZE` records wait, one transaction per batch: an
+`INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id` (on PostgreSQL from `unnest` of
+one array per column), then the upserts of the hourly and daily rollups (`usage.rollups`) with the sums of exactly
+the rows returned, so records and rollups commit together.
 
 Guarantees:
 

@@ -365,7 +365,7 @@ def usage_team_budget_status(*, team, now: datetime | None = None) -> dict:
 
 def usage_budgets_spent(*, keys: Iterable[APIKey] = (), teams: Iterable = (), now: datetime | None = None) -> tuple:
     """The spend in its current budget period of each of `keys`' lineages and of each of `teams`, as
-    `usage_budget_status` and `usage_team_budget_status` count it, in three queries whatever their number (the
+    `usage_budget_status` and `usage_team_budget_status` count it, in two queries whatever their number (the
     keys of those lineages and teams, then one pass over their rollups with a sum per period): `({key pk:
     Decimal}, {team pk: Decimal})`. What the budget-alert scanner runs every few seconds in every worker."""
     now = now or timezone.now()

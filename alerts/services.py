@@ -1,8 +1,9 @@
 """Raising alerts (scan) and delivering them (webhook, email). Both run in every gateway worker's alert thread
 (`alerts.runner`); the database makes them exactly-once: a unique claim per crossing, a lease per delivery.
 
-* `alert_scan(now)`: for every budgeted key lineage and team, the SETTLED spend of its current period (the usage
-  records: real costs, so a reservation later refunded alerts nobody) against each of its thresholds; and every
+* `alert_scan(now)`: for every budgeted key lineage and team, the SETTLED spend of its current period (the hourly
+  usage rollups, in a fixed handful of queries whatever the number of keys: `usage_budgets_spent`; real costs, so
+  a reservation later refunded alerts nobody) against each of its thresholds; and every
   working key expiring within `KEY_EXPIRING_SOON_DAYS`. Each new crossing is claimed (`AlertClaim`, unique) and
   gets its deliveries.
 * `alert_deliver_due(now)`: sends the deliveries that are due, each taken under a lease by one worker; a failure
@@ -21,7 +22,8 @@ from django.utils import timezone
 
 from apikeys.models import APIKey, Team
 from apikeys.selectors import api_key_status_q, expiring_soon_window
-from usage.selectors import usage_budget_status, usage_team_budget_status
+from metering.base import BudgetWindow
+from usage.selectors import usage_budgets_spent
 
 from . import rules
 from .models import AlertClaim, AlertDelivery, DeliveryStatus
@@ -36,9 +38,12 @@ def alert_scan(*, now=None) -> list[AlertClaim]:
     now = now or timezone.now()
     made = []
     heads = APIKey.objects.filter(api_key_status_q("usable", now=now), successor__isnull=True)
-    for key in heads.filter(budget_usd__isnull=False).select_related("team"):
+    keys = list(heads.filter(budget_usd__isnull=False).select_related("team"))
+    teams = list(Team.objects.filter(budget_usd__isnull=False).prefetch_related("admins"))
+    key_spent, team_spent = usage_budgets_spent(keys=keys, teams=teams, now=now)
+    for key in keys:
         assert key.budget_usd is not None  # filtered
-        status = usage_budget_status(api_key=key, now=now)
+        status = {"spent_usd": key_spent[key.pk], "period_start": BudgetWindow.at(key.budget_period, now).start}
         for threshold in rules.thresholds_crossed(
             spent=status["spent_usd"], budget=key.budget_usd, thresholds=key.alert_thresholds or []
         ):
@@ -53,9 +58,9 @@ def alert_scan(*, now=None) -> list[AlertClaim]:
                 period_start=status["period_start"],
             )
             made += _claim(payload, subject=key.lineage or key.prefix, period=_label(status), recipients=_owner(key))
-    for team in Team.objects.filter(budget_usd__isnull=False).prefetch_related("admins"):
+    for team in teams:
         assert team.budget_usd is not None  # filtered
-        status = usage_team_budget_status(team=team, now=now)
+        status = {"spent_usd": team_spent[team.pk], "period_start": BudgetWindow.at(team.budget_period, now).start}
         for threshold in rules.thresholds_crossed(
             spent=status["spent_usd"], budget=team.budget_usd, thresholds=team.alert_thresholds or []
         ):

@@ -7,7 +7,6 @@ All limits are per minute (`WINDOW_MS`). Money is in integer units of 10⁻⁸ U
 import calendar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 WINDOW_MS = 60_000
 
@@ -163,19 +162,18 @@ class LimitStore:
 
 def budget_spent_in_database(scope: str, window: BudgetWindow) -> int:
     """The spend the database records for a key lineage (or, for a scope `team:<id>`, for the keys now in that team)
-    in a budget period, in units (sync; call off the loop)."""
+    in a budget period, in units (sync; call off the loop). Summed from the daily usage rollups (budget periods
+    are whole UTC days): a few rows per key, model and day, however many requests there were."""
     from django.db.models import Sum
 
     from apikeys.models import APIKey
-    from usage.models import UsageRecord
-    from usage.pricing import usd_to_units
+    from usage.models import UsageDailyRollup
 
     if scope.startswith(TEAM_SCOPE_PREFIX):
         prefixes = APIKey.objects.filter(team_id=int(scope[len(TEAM_SCOPE_PREFIX) :])).values("prefix")
     else:
         prefixes = APIKey.objects.filter(lineage=scope).values("prefix")
-    records = UsageRecord.objects.filter(key_prefix__in=prefixes)
+    rollups = UsageDailyRollup.objects.filter(key_prefix__in=prefixes)
     if window.start is not None:
-        records = records.filter(created_at__gte=window.start, created_at__lt=window.renews_at)
-    total = records.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
-    return usd_to_units(total)
+        rollups = rollups.filter(hour__gte=window.start, hour__lt=window.renews_at)
+    return int(rollups.aggregate(total=Sum("cost_units"))["total"] or 0)

@@ -127,11 +127,13 @@ def test_reservations_settle_to_the_real_cost(env, priced_model, make_key, start
 @pytest.mark.parametrize("env", STORES)
 def test_spend_already_recorded_in_the_database_counts(env, priced_model, make_key, start_gateway):
     from usage.models import UsageRecord
+    from usage.rollups import rollup_rebuild
 
     key, raw = make_key(name="budget-recorded", budget_usd=Decimal("1.00"), budget_period="total")
     UsageRecord.objects.create(
         request_id=f"req_{uuid.uuid4().hex}", api_key=key, key_prefix=key.prefix, status=200, cost_usd=Decimal("0.95")
     )
+    rollup_rebuild()  # a record made without the writer: its rollup, as a backfill makes it
     gateway = start_gateway(name="budget-recorded", workers=1, env=env)
     # At most (prompt + 100) x 0.001 USD: more than the 0.05 USD left.
     status, _headers, body = ask(gateway.client(raw), priced_model, max_tokens=100, usage=(1, 1))

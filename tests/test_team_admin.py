@@ -13,6 +13,7 @@ from django.utils import timezone
 from apikeys.models import APIKey
 from apikeys.services import api_key_create, team_create
 from usage.models import UsageRecord
+from usage.rollups import rollup_rebuild
 
 pytestmark = pytest.mark.django_db
 
@@ -61,6 +62,7 @@ def world():
             cost_usd=Decimal("0.01"),
             created_at=timezone.now(),
         )
+    rollup_rebuild()  # records made without the writer: their rollups, as a backfill makes them
     client = Client()
     client.force_login(lead)
     return {"ours": ours, "theirs": theirs, "mine": mine, "other": other, "loose": loose, "lead": client}

@@ -17,6 +17,7 @@ from apikeys.keycache import KeySnapshot
 from core.outcome import ErrorType, RequestOutcome
 from usage.dashboard import key_usage_panel
 from usage.models import UsageRecord
+from usage.rollups import rollup_rebuild
 from usage.writer import UsageWriter, capture
 
 
@@ -89,6 +90,7 @@ def seed(api_key) -> None:
         )
         for endpoint, model, prompt, cached, completion, cost, status in rows
     )  # fmt: skip
+    rollup_rebuild()  # records made without the writer: their rollups, as a backfill makes them
 
 
 def payload(html: str, json_id: str) -> dict:

@@ -18,13 +18,15 @@ from apikeys.models import APIKey
 from apikeys.services import api_key_create
 from tests.conftest import ROOT, server_database_url
 from usage.models import UsageRecord
+from usage.rollups import rollup_rebuild
 
 COLUMNS = ["key_name", "key_prefix", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
 BY_ENDPOINT = ["key_name", "key_prefix", "model", "endpoint", *COLUMNS[3:]]
 
 
 def record(api_key, *, at, model="gpt-4o-mini", prompt=10, completion=5, cost="0.00001000", status=200, **fields):
-    return UsageRecord.objects.create(
+    """A record made directly, then the rollups rebuilt from the records (as a backfill would)."""
+    made = UsageRecord.objects.create(
         **fields,
         request_id=f"req_{uuid.uuid4().hex}",
         api_key=api_key,
@@ -38,6 +40,8 @@ def record(api_key, *, at, model="gpt-4o-mini", prompt=10, completion=5, cost="0
         cost_usd=Decimal(cost),
         created_at=at,
     )
+    rollup_rebuild()
+    return made
 
 
 def report(*args) -> str:

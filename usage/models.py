@@ -111,20 +111,28 @@ class PriceAuditEntry(models.Model):
 
 
 class UsageRecord(models.Model):
-    """One row per authenticated request, whatever its outcome. `request_id` is unique: never counted twice.
+    """One row per authenticated request, whatever its outcome. (`request_id`, `created_at`) is unique: a request
+    is never counted twice (its `created_at` is its start, captured once, so a retried insert conflicts).
+
+    On PostgreSQL the table is partitioned by month on `created_at` (migration 0007, `usage.partitions`): its real
+    primary key is (`id`, `created_at`), as a partitioned table's keys must include the partition key; Django keeps
+    `id` as the model's pk, which stays unique (one sequence). Uniqueness of `request_id` alone cannot be enforced
+    across partitions, hence the pair. On SQLite it is a plain table.
 
     `endpoint` is the relay's name for what was called (`chat.completions`, `embeddings`, ...; see
     `usage.endpoint_names`); `cached_tokens` is the part of `prompt_tokens` the upstream served from its prompt cache.
     """
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)
     # No database-level constraint: the usage writer's inserts then lock nothing in the key table, so they can
     # never deadlock with key changes (or a test's TRUNCATE). Deletion still nulls the link (Django's collector).
     api_key = models.ForeignKey(
         "apikeys.APIKey", null=True, on_delete=models.SET_NULL, related_name="usage", db_constraint=False
     )
-    key_prefix = models.CharField(max_length=8, db_index=True)
+    # No index of its own: (key_prefix, created_at) below serves every lookup by key, and each index costs the
+    # usage writer on every insert.
+    key_prefix = models.CharField(max_length=8)
     key_name = models.CharField(max_length=50, blank=True)
     # A row that names no endpoint is a chat completion: every row from before Tollgate served other endpoints,
     # and what workers of the previous release still insert (without this column) during a rolling deploy.
@@ -171,6 +179,80 @@ class UsageRecord(models.Model):
             models.Index(fields=["model", "created_at"], name="completions_model_f31c79_idx"),
             models.Index(fields=["endpoint", "created_at"], name="usage_endpoint_created_idx"),
         ]
+        constraints = [models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_request_once")]
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class Outcome(models.TextChoices):
+    """A request's outcome class in the rollups: what the dashboards split by (errors are status >= 400)."""
+
+    OK = "ok"  # status < 400
+    THROTTLED = "throttled"  # status 429
+    ERROR = "error"  # any other status >= 400
+
+
+class RollupFields(models.Model):
+    """What an hourly and a daily rollup row hold: `hour` (the span's first hour: for a day, its midnight UTC), the
+    key, key name, model, endpoint and outcome class it totals, and the sums."""
+
+    hour = models.DateTimeField()
+    key_prefix = models.CharField(max_length=8)
+    key_name = models.CharField(max_length=50, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    endpoint = models.CharField(max_length=40)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_units = models.BigIntegerField(default=0, help_text="USD x 10^8.")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.key_prefix} {self.model} {self.endpoint} {self.outcome}"
+
+
+class UsageRollup(RollupFields):
+    """Hourly totals of the usage records: one row per UTC hour, key, key name, model, endpoint and outcome class.
+
+    Written by the usage writer in the same transaction as the records it inserts, counting only the records
+    actually inserted (usage/rollups.py); `manage.py rebuild_usage_rollups` recomputes them from the records.
+    Dashboards, key pages, budget panels, `usage_report`, budget counter rebuilds and the alert scanner read
+    these (or their daily sums, `UsageDailyRollup`), never the records. A key's lineage and a team are resolved
+    through the key table (the prefixes of the lineage, of the keys now in the team), as budget enforcement does.
+    They outlive purged records.
+
+    `key_name` is part of the row's identity so that a key renamed within an hour gives two rows and the reports'
+    "latest name" (the greatest, as over the records) is the same from rollups as from records. Money is an
+    integer of 10⁻⁸ USD (`usage.pricing` units): sums are exact on every database.
+    """
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key_prefix", "hour", "model", "endpoint", "outcome", "key_name"], name="usage_rollup_once"
+            )
+        ]
+        # The unique index serves one key's (or a few keys') hours; this one every key's hours (the dashboard).
+        indexes = [models.Index(fields=["hour"], name="usage_rollup_hour_idx")]
+
+
+class UsageDailyRollup(RollupFields):
+    """The hourly rollups summed per UTC day (`hour` is the day's midnight), written with them by the usage
+    writer and rebuilt with them. Whatever spans whole days (the 30-day pictures, report days, budget periods)
+    reads these: 24 times fewer rows than the hourly ones."""
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key_prefix", "hour", "model", "endpoint", "outcome", "key_name"],
+                name="usage_daily_rollup_once",
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="usage_daily_rollup_hour_idx")]

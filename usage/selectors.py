@@ -1,7 +1,14 @@
-"""Read queries over usage records: totals per key and model, daily and hourly series, dashboard aggregates.
+"""Read queries over usage: totals per key and model, daily and hourly series, dashboard aggregates, budget spend.
+
+They read the rollups (`UsageRollup` per hour, `UsageDailyRollup` per day, written with the records by the usage
+writer), never the records, so their cost grows with keys x models x days (or hours), not with requests: spans of
+whole UTC days (the 30-day pictures, report days, budget periods) read the daily ones. Bounds (`since`,
+`until`) must therefore be whole UTC hours (days, budget periods and report days all are); anything else raises
+ValueError.
 
 Every function takes aware datetimes (UTC) and returns plain dicts and lists, ready for a report, a template or
-`json_script`. Days and hours are UTC buckets. Costs are `Decimal`s, as stored (8 decimal places).
+`json_script`. Days and hours are UTC buckets. Costs are `Decimal`s with 8 decimal places (the records'
+precision; rollups hold exact integers of 10⁻⁸ USD).
 """
 
 from collections.abc import Iterable
@@ -9,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models import Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
@@ -17,34 +24,76 @@ from apikeys.models import APIKey
 from metering.base import BudgetWindow
 
 from .endpoint_names import known_endpoints
-from .models import UsageRecord
+from .models import Outcome, UsageDailyRollup, UsageRecord, UsageRollup
+from .pricing import units_to_usd
 
 ZERO = Decimal("0")
 
 
 def _aggregates() -> dict:
+    # The two that read the `requests` column come first: once the `requests` sum is named, F("requests") means it.
     return {
-        "requests": Count("id"),
+        "errors": Sum("requests", filter=~Q(outcome=Outcome.OK)),
+        "throttled": Sum("requests", filter=Q(outcome=Outcome.THROTTLED)),
+        "requests": Sum("requests"),
         "prompt_tokens": Sum("prompt_tokens"),
         "cached_tokens": Sum("cached_tokens"),
         "completion_tokens": Sum("completion_tokens"),
         "total_tokens": Sum("total_tokens"),
-        "cost_usd": Sum("cost_usd"),
-        "errors": Count("id", filter=Q(status__gte=400)),
-        "throttled": Count("id", filter=Q(status=429)),
+        "cost_units": Sum("cost_units"),
     }
 
 
+_COUNTS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "errors", "throttled")
+
+
 def _clean(row: dict) -> dict:
-    """Sums over no rows are None: make them zero."""
-    for name in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "errors"):
+    """Sums over no rows are None: make them zero; `cost_units` becomes `cost_usd` (a Decimal)."""
+    for name in _COUNTS:
         if name in row:
-            row[name] = row[name] or 0
-    if "throttled" in row:
-        row["throttled"] = row["throttled"] or 0
-    if "cost_usd" in row:
-        row["cost_usd"] = row["cost_usd"] or ZERO
+            row[name] = int(row[name] or 0)
+    if "cost_units" in row:
+        row["cost_usd"] = units_to_usd(int(row.pop("cost_units") or 0))
     return row
+
+
+def _whole_hour(moment: datetime | None, name: str) -> None:
+    if moment is not None and (moment.minute or moment.second or moment.microsecond or moment.utcoffset() is None):
+        raise ValueError(f"usage totals are hourly: {name} must be an aware datetime on a whole hour, got {moment}")
+
+
+def _whole_day(moment: datetime | None) -> bool:
+    return moment is None or moment.astimezone(UTC).hour == 0
+
+
+def usage_rollups(
+    *,
+    key_prefix: str | None = None,
+    key_prefixes: Iterable[str] | QuerySet | None = None,
+    endpoint: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    hourly: bool = False,
+) -> QuerySet:
+    """The rollups of one key (by prefix), of several keys (`key_prefixes`: a list or a `values("prefix")`
+    subquery) or all, of one endpoint or all, for `since <= hour < until` (either bound optional; both whole
+    hours): the daily ones when both bounds are whole UTC days (or absent) and `hourly` is not asked for, else the
+    hourly ones. Both have the same fields (`hour` is a day's midnight in the daily ones)."""
+    _whole_hour(since, "since")
+    _whole_hour(until, "until")
+    daily = not hourly and _whole_day(since) and _whole_day(until)
+    rollups: QuerySet = (UsageDailyRollup if daily else UsageRollup).objects.all()
+    if key_prefix is not None:
+        rollups = rollups.filter(key_prefix=key_prefix)
+    if key_prefixes is not None:
+        rollups = rollups.filter(key_prefix__in=key_prefixes)
+    if endpoint is not None:
+        rollups = rollups.filter(endpoint=endpoint)
+    if since is not None:
+        rollups = rollups.filter(hour__gte=since)
+    if until is not None:
+        rollups = rollups.filter(hour__lt=until)
+    return rollups
 
 
 def usage_records(
@@ -56,7 +105,8 @@ def usage_records(
     until: datetime | None = None,
 ) -> QuerySet:
     """Records of one key (by prefix), of several keys (`key_prefixes`: a list or a `values("prefix")` subquery)
-    or all, of one endpoint or all, with `since <= created_at < until` (either bound optional)."""
+    or all, of one endpoint or all, with `since <= created_at < until` (either bound optional). The records
+    themselves (the admin's list, exports); totals come from `usage_rollups`."""
     records: QuerySet = UsageRecord.objects.all()
     if key_prefix is not None:
         records = records.filter(key_prefix=key_prefix)
@@ -91,17 +141,17 @@ def usage_totals_by_key_model(
     """
     group = ("key_prefix", "model", "endpoint") if by_endpoint else ("key_prefix", "model")
     rows = (
-        usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, endpoint=endpoint, since=since, until=until)
+        usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, endpoint=endpoint, since=since, until=until)
         .order_by()
         .values(*group)
         .annotate(
             key_name=Max("key_name"),
-            requests=Count("id"),
+            requests=Sum("requests"),
             prompt_tokens=Sum("prompt_tokens"),
             cached_tokens=Sum("cached_tokens"),
             completion_tokens=Sum("completion_tokens"),
             total_tokens=Sum("total_tokens"),
-            cost_usd=Sum("cost_usd"),
+            cost_units=Sum("cost_units"),
         )
     )
     out = [_clean(dict(row)) for row in rows]
@@ -116,7 +166,7 @@ def team_key_prefixes(team) -> QuerySet:
 
 def usage_endpoint_known(endpoint: str) -> bool:
     """True for an endpoint the relay serves or that some usage record names."""
-    return endpoint in known_endpoints() or UsageRecord.objects.filter(endpoint=endpoint).exists()
+    return endpoint in known_endpoints() or UsageDailyRollup.objects.filter(endpoint=endpoint).exists()
 
 
 def endpoint_order(names: Iterable[str]) -> list[str]:
@@ -137,7 +187,7 @@ def usage_totals_by_endpoint(
     total_tokens, cost_usd, errors, throttled, error_rate`, in `endpoint_order`."""
     rows = {
         row["endpoint"]: _clean(dict(row))
-        for row in usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
+        for row in usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
         .order_by()
         .values("endpoint")
         .annotate(**_aggregates())
@@ -151,7 +201,8 @@ def usage_totals_by_endpoint(
 
 
 def usage_key_prefix_known(key_prefix: str) -> bool:
-    return UsageRecord.objects.filter(key_prefix=key_prefix).exists()
+    """True when some usage of that key prefix is recorded (its rollups outlive purged records)."""
+    return UsageRollup.objects.filter(key_prefix=key_prefix).exists()
 
 
 def _day_start(moment: datetime) -> datetime:
@@ -160,9 +211,7 @@ def _day_start(moment: datetime) -> datetime:
 
 def _series(records: QuerySet, *, trunc: Any, start: datetime, step: timedelta, count: int) -> list[dict]:
     found = {}
-    for row in (
-        records.order_by().annotate(bucket=trunc("created_at", tzinfo=UTC)).values("bucket").annotate(**_aggregates())
-    ):
+    for row in records.order_by().annotate(bucket=trunc("hour", tzinfo=UTC)).values("bucket").annotate(**_aggregates()):
         found[row["bucket"].astimezone(UTC)] = _clean(row)
     return _fill(found, start=start, step=step, count=count)
 
@@ -186,11 +235,11 @@ def usage_daily_series_by_endpoint(
     """Like `usage_daily_series`, one series per endpoint that has records in the span (in `endpoint_order`;
     `{}` when there are none). Each day's row is that endpoint's alone."""
     start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
-    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
+    records = usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     found: dict[str, dict[datetime, dict]] = {}
     for row in (
         records.order_by()
-        .annotate(bucket=TruncDay("created_at", tzinfo=UTC))
+        .annotate(bucket=TruncDay("hour", tzinfo=UTC))
         .values("endpoint", "bucket")
         .annotate(**_aggregates())
     ):
@@ -208,7 +257,7 @@ def usage_daily_series(
     `requests, prompt_tokens, completion_tokens, total_tokens, cost_usd, errors, throttled, error_rate,
     throttle_rate` (rates are shares of the day's requests: status >= 400, status 429)."""
     start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
-    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
+    records = usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
     return _series(records, trunc=TruncDay, start=start, step=timedelta(days=1), count=days)
 
 
@@ -218,7 +267,7 @@ def usage_hourly_series(
     """Like `usage_daily_series`, per UTC hour over the last `hours` hours (the current hour included)."""
     current = (now or timezone.now()).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current - timedelta(hours=hours - 1)
-    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start)
+    records = usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=start, hourly=True)
     return _series(records, trunc=TruncHour, start=start, step=timedelta(hours=1), count=hours)
 
 
@@ -231,7 +280,7 @@ def usage_totals(
 ) -> dict:
     """Totals over a span, of one key, several, or all: `requests, prompt_tokens, cached_tokens,
     completion_tokens, total_tokens, cost_usd, errors, throttled, error_rate, throttle_rate`."""
-    records = usage_records(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
+    records = usage_rollups(key_prefix=key_prefix, key_prefixes=key_prefixes, since=since, until=until)
     row = _clean(records.aggregate(**_aggregates()))
     row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else 0.0
     row["throttle_rate"] = row["throttled"] / row["requests"] if row["requests"] else 0.0
@@ -242,11 +291,11 @@ def usage_top_keys(*, since: datetime, limit: int = 10, key_prefixes=None) -> li
     """The keys that spent most since `since` (then most requests): `key_prefix, key_name, requests,
     total_tokens, cost_usd, errors, throttled`."""
     rows = (
-        usage_records(since=since, key_prefixes=key_prefixes)
+        usage_rollups(since=since, key_prefixes=key_prefixes)
         .order_by()
         .values("key_prefix")
         .annotate(key_name=Max("key_name"), **_aggregates())
-        .order_by("-cost_usd", "-requests", "key_prefix")[:limit]
+        .order_by("-cost_units", "-requests", "key_prefix")[:limit]
     )
     return [_clean(dict(row)) for row in rows]
 
@@ -255,11 +304,11 @@ def usage_top_models(*, since: datetime, limit: int = 10, key_prefixes=None) -> 
     """The models that cost most since `since` (then most requests): `model, requests, total_tokens,
     cost_usd, errors, throttled`."""
     rows = (
-        usage_records(since=since, key_prefixes=key_prefixes)
+        usage_rollups(since=since, key_prefixes=key_prefixes)
         .order_by()
         .values("model")
         .annotate(**_aggregates())
-        .order_by("-cost_usd", "-requests", "model")[:limit]
+        .order_by("-cost_units", "-requests", "model")[:limit]
     )
     return [_clean(dict(row)) for row in rows]
 
@@ -312,6 +361,47 @@ def usage_team_budget_status(*, team, now: datetime | None = None) -> dict:
         "renews_at": window.renews_at,
         "spent_usd": spent,
     }
+
+
+def usage_budgets_spent(*, keys: Iterable[APIKey] = (), teams: Iterable = (), now: datetime | None = None) -> tuple:
+    """The spend in its current budget period of each of `keys`' lineages and of each of `teams`, as
+    `usage_budget_status` and `usage_team_budget_status` count it, in two queries whatever their number (the
+    keys of those lineages and teams, then one pass over their rollups with a sum per period): `({key pk:
+    Decimal}, {team pk: Decimal})`. What the budget-alert scanner runs every few seconds in every worker."""
+    now = now or timezone.now()
+    keys, teams = list(keys), list(teams)
+    windows = {period: BudgetWindow.at(period, now) for period in ("day", "month")}
+    lineages = {key.lineage or key.prefix for key in keys}
+    members = list(
+        APIKey.objects.filter(Q(lineage__in=lineages) | Q(team__in=[team.pk for team in teams])).values_list(
+            "prefix", "lineage", "team_id"
+        )
+    )
+    prefixes = {prefix for prefix, _, _ in members} | {key.prefix for key in keys}
+    sums = {
+        name: Sum("cost_units", filter=Q(hour__gte=window.start, hour__lt=window.renews_at))
+        for name, window in windows.items()
+    }
+    spent: dict[str, dict[str, int]] = {
+        row["key_prefix"]: row
+        # Budget periods are whole UTC days: the daily rollups.
+        for row in UsageDailyRollup.objects.filter(key_prefix__in=prefixes)
+        .order_by()
+        .values("key_prefix")
+        .annotate(total=Sum("cost_units"), **sums)
+    }
+
+    def total(of_prefixes: Iterable[str], period: str) -> Decimal:
+        column = period if period in windows else "total"
+        return units_to_usd(sum(int(spent.get(prefix, {}).get(column) or 0) for prefix in set(of_prefixes)))
+
+    by_key = {}
+    for key in keys:
+        lineage = key.lineage or key.prefix
+        lineage_prefixes = [prefix for prefix, of, _ in members if of == lineage] + [key.prefix]
+        by_key[key.pk] = total(lineage_prefixes, key.budget_period)
+    by_team = {team.pk: total([p for p, _, of in members if of == team.pk], team.budget_period) for team in teams}
+    return by_key, by_team
 
 
 def usage_dashboard(*, now: datetime | None = None, days: int = 30, top: int = 10, key_prefixes=None) -> dict:

@@ -3,13 +3,16 @@
 `record_usage(outcome)` is a `core.outcome.REPORTERS` entry (registered in `CompletionsConfig.ready`).
 On the event loop it only copies the outcome's fields into a tuple and appends it to an in-memory buffer (a
 few microseconds, no I/O). A daemon thread per process (`UsageWriter`) drains the buffer every
-`USAGE_FLUSH_SECONDS` or as soon as `USAGE_BATCH_SIZE` records wait, one transaction per batch (an
-`executemany` of `INSERT … ON CONFLICT (request_id) DO NOTHING`, about 15 µs of CPU per record).
+`USAGE_FLUSH_SECONDS` or as soon as `USAGE_BATCH_SIZE` records wait, one transaction per batch: an
+`INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id` (on PostgreSQL from `unnest` of
+one array per column), then the upserts of the hourly and daily rollups (`usage.rollups`) with the sums of exactly
+the rows returned, so records and rollups commit together.
 
 Guarantees:
 
-* **never twice**: `request_id` is unique and rows that already exist are skipped, so a batch retried after a
-  commit whose answer was lost cannot double a request;
+* **never twice**: (`request_id`, `created_at`) is unique (`created_at` is the request's start, captured once)
+  and rows that already exist are skipped, so a batch retried after a commit whose answer was lost cannot double
+  a request, in the records or in the rollups;
 * **never lost on a clean shutdown**: `core.lifecycle` runs `usage_writer.stop` from the ASGI lifespan
   (SIGTERM) and at interpreter exit; it writes everything still buffered, retrying for up to
   `shutdown_retry_seconds`, and only then logs what it could not write (one ERROR line per record, enough to
@@ -30,13 +33,14 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connections, transaction
+from django.utils import timezone
 
 from .endpoint_names import CHAT_COMPLETIONS
 
@@ -46,6 +50,9 @@ logger = logging.getLogger("tollgate.usage")
 _MAX_UINT = 2**31 - 1
 _COST_MAX = Decimal("999999.99999999")
 _COST_QUANTUM = Decimal("0.00000001")
+
+# Rows per INSERT statement (x 22 columns: under SQLite's 32,766 and PostgreSQL's 65,535 parameters).
+_INSERT_CHUNK = 1000
 
 # The order of the fields in a buffered row (see `capture`).
 ROW_FIELDS = (
@@ -224,6 +231,9 @@ class UsageWriter:
     shutdown_retry_seconds = 15.0
     # APIKey.last_used_at is written at most this often per key and process.
     last_used_every = 60.0
+    # Add what each batch inserts to the hourly rollups (usage.rollups). Off only to measure what they cost
+    # (bench/usage_scale.py): every reader of usage totals reads the rollups.
+    rollups_enabled = True
 
     def __init__(
         self,
@@ -245,6 +255,7 @@ class UsageWriter:
         self._thread: threading.Thread | None = None
         self._last_used: dict = {}  # key id -> self.timer() of this process's last write of last_used_at
         self._known_keys: set = set()  # key ids seen to exist (see _unlink_unknown_keys)
+        self._partitions_month = ""  # the month (YYYY-MM) whose partitions this process made sure of
         self.failures = 0  # consecutive failed flushes
         self.dropped = 0  # records dropped past max_buffered (each logged)
         if hasattr(os, "register_at_fork"):
@@ -415,26 +426,32 @@ class UsageWriter:
             self._unlink_deleted_keys(records)
             self._write_one_by_one(records)
 
-    def _insert(self, rows: list) -> None:
-        """`INSERT … ON CONFLICT (request_id) DO NOTHING` for every row, in one `executemany` (PostgreSQL,
-        SQLite >= 3.24; psycopg sends the batch in pipeline mode: one round trip).
+    def _insert(self, rows: list) -> int:
+        """Insert `rows` (fitted, `INSERT_COLUMNS` order) and add the ones the database took to the hourly
+        rollups (`usage.rollups`), in the caller's transaction; return how many were inserted.
+
+        `INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id`: rows that already exist
+        (a batch retried after a commit whose answer was lost) are not returned, so they add nothing to the
+        rollups either. PostgreSQL: `INSERT … SELECT * FROM unnest(<one array per column>)`, one short statement
+        per batch. SQLite (>= 3.35): multi-row VALUES.
 
         Not `bulk_create`: building model instances and running each value through the field machinery cost
         more than the database's own work, on a thread that shares the GIL with the event loop.
         """
         from .models import UsageRecord
+        from .rollups import rollup_add, rollup_deltas
 
+        self._ensure_partitions()
         connection = connections[self.using]
         ops = connection.ops
+        quote = ops.quote_name
         meta = UsageRecord._meta
         # By attname (`api_key_id`), concrete fields only: `_meta.get_field` is typed for relations without columns.
         concrete = {field.attname: field.column for field in meta.concrete_fields}
-        columns = ", ".join(ops.quote_name(concrete[name]) for name in INSERT_COLUMNS)
-        placeholders = ", ".join(["%s"] * len(INSERT_COLUMNS))
-        sql = (
-            f"INSERT INTO {ops.quote_name(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
-            f"ON CONFLICT ({ops.quote_name('request_id')}) DO NOTHING"
-        )
+        columns = ", ".join(quote(concrete[name]) for name in INSERT_COLUMNS)
+        one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
+        conflict = f"ON CONFLICT ({quote('request_id')}, {quote('created_at')}) DO NOTHING"
+        returning = f" RETURNING {quote('request_id')}" if self.rollups_enabled else ""
         cost_at, created_at = INSERT_COLUMNS.index("cost_usd"), INSERT_COLUMNS.index("created_at")
         adapt_cost, adapt_time = ops.adapt_decimalfield_value, ops.adapt_datetimefield_value
         params = []
@@ -443,8 +460,50 @@ class UsageWriter:
             row[cost_at] = adapt_cost(row[cost_at], 14, 8)
             row[created_at] = adapt_time(row[created_at])
             params.append(row)
+        inserted: Counter = Counter()
         with connection.cursor() as cursor:
-            cursor.executemany(sql, params)
+            if connection.vendor == "postgresql":
+                # One statement whatever the batch size: a row per element of 22 arrays. (Not `executemany`: each
+                # of its statements pays the partitioned table's routing set-up, 10x the cost of the row itself.)
+                types = {field.attname: field.db_type(connection) for field in meta.concrete_fields}
+                arrays = ", ".join(f"%s::{types[name]}[]" for name in INSERT_COLUMNS)
+                table = quote(meta.db_table)
+                sql = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}{returning}"  # noqa: S608
+                # Server-side binding (a plain psycopg cursor, not Django's client-side one): the arrays go as
+                # parameters, adapted by psycopg's C dumpers, instead of being rendered into the SQL text.
+                import psycopg
+
+                with psycopg.Cursor(cursor.connection) as bound:
+                    bound.execute(sql, [list(column) for column in zip(*params, strict=True)])
+                    if returning:
+                        inserted.update(request_id for (request_id,) in bound.fetchall())
+            else:
+                for start in range(0, len(params), _INSERT_CHUNK):
+                    chunk = params[start : start + _INSERT_CHUNK]
+                    values = ", ".join([one] * len(chunk))
+                    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values} {conflict}{returning}"  # noqa: S608
+                    cursor.execute(sql, [value for row in chunk for value in row])
+                    if returning:
+                        inserted.update(request_id for (request_id,) in cursor.fetchall())
+        if not self.rollups_enabled:
+            return len(rows)
+        taken = []
+        for row in rows:  # a request id the batch holds twice was inserted at most as often as returned
+            if inserted[row[0]] > 0:
+                inserted[row[0]] -= 1
+                taken.append(dict(zip(INSERT_COLUMNS, row, strict=True)))
+        rollup_add(rollup_deltas(taken), using=self.using)
+        return len(taken)
+
+    def _ensure_partitions(self) -> None:
+        """Create this month's and next month's usage partitions if missing (PostgreSQL; once per process and
+        month: `usage.partitions`)."""
+        from .partitions import usage_partitions_ensure
+
+        month = timezone.now().strftime("%Y-%m")
+        if self._partitions_month != month:
+            usage_partitions_ensure(using=self.using)
+            self._partitions_month = month
 
     def _unlink_unknown_keys(self, rows: list) -> list:
         """Rows whose key no longer exists lose the link (the column has no database constraint, see the model);
@@ -468,14 +527,13 @@ class UsageWriter:
                 record.api_key_id = None
 
     def _write_one_by_one(self, records: list) -> None:
-        """Insert each record alone; one the database refuses for its content is logged and skipped."""
-        from .models import UsageRecord
-
-        manager = UsageRecord.objects.db_manager(self.using)
+        """Insert each record alone (with its rollup); one the database refuses for its content is logged and
+        skipped."""
         for record in records:
+            row = tuple(getattr(record, name) for name in INSERT_COLUMNS)
             try:
                 with transaction.atomic(using=self.using):
-                    manager.bulk_create([record], ignore_conflicts=True)
+                    self._insert([row])
             except (IntegrityError, DataError) as exc:
                 fields = {name: getattr(record, name) for name in INSERT_COLUMNS}
                 logger.error("usage record refused by the database (%s); not written: %s", exc, fields)

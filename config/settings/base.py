@@ -163,6 +163,9 @@ USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.2)
 USAGE_BATCH_SIZE = env.int("USAGE_BATCH_SIZE", default=500)
 # Records held in memory while the database is unreachable; past this the oldest are written to the error log.
 USAGE_MAX_BUFFERED = env.int("USAGE_MAX_BUFFERED", default=100_000)
+# Days of usage records kept: what `manage.py purge_usage` removes without --older-than (run it from cron; nothing
+# purges by itself). Hourly rollups are kept forever. README "Capacity planning".
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
 
 # RATE LIMITS (metering/throttling.py, metering/; README "Rate limits")
 # Project-wide defaults for keys whose own field is empty; unset = unlimited.

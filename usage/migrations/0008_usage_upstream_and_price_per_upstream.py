@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0005_seed_tool_prices'),
+        ('usage', '0007_partition_usage_records_by_month'),
     ]
 
     operations = [

@@ -62,6 +62,14 @@ def test_production_refuses_to_start_without_a_secret(name):
     assert "ImproperlyConfigured" in result.stderr and name in result.stderr, result.stderr[-2000:]
 
 
+def test_production_with_defined_upstreams_needs_no_default_upstream_key():
+    if (ROOT / ".env").exists():
+        pytest.skip("a local .env file may define the variable")
+    sealing = "vQ9yWm3b6B7o0Zb0z8t5l1aJt0bHq8kGQx3vW6yA0cU="  # a Fernet key: 32 bytes, URL-safe base64
+    result = manage("check", env=production_env(OPENAI_API_KEY=None, UPSTREAM_KEY_ENCRYPTION_KEYS=sealing))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def production_static(tmp_path_factory):
     """collectstatic with the production storage (compressed, hashed), as the Docker build runs it."""

@@ -40,8 +40,11 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = 8 * 60 * 60
 
 # UPSTREAM
-# No default: a production gateway without an upstream key cannot serve anything.
-OPENAI_API_KEY = required("OPENAI_API_KEY")
+# No default: a production gateway without an upstream key cannot serve anything. Upstreams defined in the database
+# (README "Upstreams") carry their own keys, sealed with UPSTREAM_KEY_ENCRYPTION_KEYS: with that set, the default
+# upstream's key may be left out (the default upstream is used only while no upstream is defined).
+if not env("UPSTREAM_KEY_ENCRYPTION_KEYS", default="").strip():
+    OPENAI_API_KEY = required("OPENAI_API_KEY")
 
 # STATIC
 # collectstatic runs at image build (Dockerfile): WhiteNoise serves the compressed, content-hashed copies

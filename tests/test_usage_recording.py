@@ -446,6 +446,19 @@ def test_writer_fields_duplicates_and_oversized_values(transactional_db, snapsho
     assert record.created_at == outcome.started_at
 
 
+def test_writer_keeps_a_record_whose_text_holds_a_nul_byte(transactional_db, snapshot, writer):
+    """PostgreSQL text cannot hold NUL, which a client may put in a model name: the record is written (NUL as U+FFFD)
+    with the rest of its batch, instead of blocking every later record."""
+    api_key, snap = snapshot
+    w = writer(flush_seconds=0.5)
+    outcomes = [outcome_for(snap), outcome_for(snap, model="gpt\x00evil", key=snap), outcome_for(snap)]
+    for outcome in outcomes:
+        w.record(outcome)
+    records = wait_for_records(3, key_prefix=api_key.prefix)
+    assert {r.request_id for r in records} == {o.request_id for o in outcomes}
+    assert "gpt\ufffdevil" in {r.model for r in records}
+
+
 def test_writer_keeps_records_while_the_database_fails_and_writes_them_after(transactional_db, snapshot, writer):
     api_key, snap = snapshot
     w = writer()

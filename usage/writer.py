@@ -120,6 +120,12 @@ def _count(value) -> int:
         return 0
 
 
+def _text(value, limit: int) -> str:
+    """`value` as text for a column of `limit` characters. NUL, which PostgreSQL text cannot hold (a client may send
+    it in a model name), becomes U+FFFD: the record is kept, not refused."""
+    return str(value or "").replace("\x00", "\ufffd")[:limit]
+
+
 def _cost(value) -> Decimal:
     try:
         cost = Decimal(value or 0).quantize(_COST_QUANTUM)
@@ -170,29 +176,29 @@ def fit(row: tuple) -> tuple:
     prompt, completion = _count(prompt), _count(completion)
     tool_calls = tool_calls if isinstance(tool_calls, dict) else {}
     return (
-        str(request_id)[:64],
+        _text(request_id, 64),
         key_id,
-        str(prefix or "")[:8],
-        str(name or "")[:50],
-        str(endpoint or CHAT_COMPLETIONS)[:40],
-        str(model or "")[:100],
+        _text(prefix, 8),
+        _text(name, 50),
+        _text(endpoint or CHAT_COMPLETIONS, 40),
+        _text(model, 100),
         min(max(int(status or 0), 0), 32767),
-        str(error_type or "")[:40],
+        _text(error_type, 40),
         bool(streamed),
         prompt,
         min(_count(cached), prompt),
         completion,
         min(_count(reasoning), completion),
         _count(sum(_count(count) for count in tool_calls.values())),
-        ",".join(f"{item}:{_count(count)}" for item, count in sorted(tool_calls.items()))[:200],
+        _text(",".join(f"{item}:{_count(count)}" for item, count in sorted(tool_calls.items())), 200),
         min(prompt + completion, _MAX_UINT),
         bool(estimated),
         _cost(cost),
         float(latency or 0),
         None if ttfb is None else float(ttfb),
-        str(upstream_id or "")[:128],
+        _text(upstream_id, 128),
         created_at,
-        str(upstream or "")[:64],
+        _text(upstream, 64),
         min(_count(attempts), 32767),
     )
 
@@ -473,7 +479,10 @@ class UsageWriter:
                 # parameters, adapted by psycopg's C dumpers, instead of being rendered into the SQL text.
                 import psycopg
 
-                with psycopg.Cursor(cursor.connection) as bound:
+                # Its errors are psycopg's own: wrapped into Django's (DataError, IntegrityError), so that a record
+                # the database refuses (a NUL byte in a model name) sends the batch to the one-by-one path, which
+                # skips it, instead of retrying the batch for ever.
+                with connection.wrap_database_errors, psycopg.Cursor(cursor.connection) as bound:
                     bound.execute(sql, [list(column) for column in zip(*params, strict=True)])
                     if returning:
                         inserted.update(request_id for (request_id,) in bound.fetchall())

@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 from django.db import connection
+from django.db.backends.signals import connection_created
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the browser tests (gitignored)
@@ -37,6 +38,20 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 UPSTREAM_KEY = "sk-upstream-secret-of-the-company-0123456789"
+
+
+def _deadlocks_pick_the_gateway(sender, connection, **kwargs):
+    """Between transactional tests pytest-django empties the tables with one TRUNCATE of all of them, in no fixed
+    order, while a live gateway's usage writer may be inserting records and their rollups in one transaction: the
+    two can deadlock. PostgreSQL aborts the waiter that checks first, after `deadlock_timeout` (1 s by default): the
+    test process waits longer, so the writer is the one aborted, and it retries its batch (which cannot count
+    twice), rather than the flush failing the test. Tests connect as a superuser, who may set it."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET deadlock_timeout = '10s'")
+
+
+connection_created.connect(_deadlocks_pick_the_gateway)
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """`make bench`: what Tollgate adds in front of an upstream, measured side by side with the upstream alone.
 
     python bench/run.py [--quick] [--workers N] [--only plain,embeddings,completions,responses,streams] [--duration S]
-                        [--streams 1000,3000] [--stream-runs 5] [--py-spy] [--out FILE]
+                        [--streams 1000,3000] [--stream-runs 5] [--stream-api chat|responses] [--py-spy] [--out FILE]
 
 Starts, on loopback only, the bundled fake upstream (`python -m fakeupstream --no-record`) and the production
 server (`gunicorn -c config/gunicorn.conf.py`, `config.settings.production`, N uvicorn workers) against a fresh
@@ -364,8 +364,8 @@ def run_wrk(url: str, *, connections: int, duration: float, key: str = "", endpo
     }
 
 
-def run_client(mode: str, url: str, key: str, args: list[str], timeout: float) -> dict:
-    argv = [PY, str(BENCH / "streams.py"), mode, "--url", url + CHAT_PATH, "--key", key, *args]
+def run_client(mode: str, url: str, key: str, args: list[str], timeout: float, path: str = CHAT_PATH) -> dict:
+    argv = [PY, str(BENCH / "streams.py"), mode, "--url", url + path, "--key", key, *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise BenchError(f"bench/streams.py {mode} failed: {result.stderr.strip()[-3000:]}")
@@ -643,9 +643,11 @@ class Bench:
                 f"{count} held streams, run {run}" if run > 1 or self.args.stream_runs > 1 else f"{count} held streams"
             )
             log(f"{label} ({chunks} chunks {delay} ms apart, starts over {ramp:g} s): direct")
-            argv = ["--count", str(count), "--ramp", str(ramp), "--chunks", str(chunks), "--chunk-delay-ms", str(delay)]
+            argv = ["--count", str(count), "--ramp", str(ramp), "--chunks", str(chunks), "--chunk-delay-ms", str(delay),
+                    "--api", self.args.stream_api]  # fmt: skip
+            path = ENDPOINTS["responses"].path if self.args.stream_api == "responses" else CHAT_PATH
             limit = ramp + chunks * delay / 1000 + 180
-            direct = run_client("streams", self.fake_url, "", argv, timeout=limit)
+            direct = run_client("streams", self.fake_url, "", argv, timeout=limit, path=path)
             time.sleep(1)
             log(f"{label}: through the gateway")
             sampler = RSSSampler(self.gateway.pid)
@@ -656,7 +658,7 @@ class Bench:
             sampler.start()
             cpu_before = cpu_seconds(workers)
             key = self.keys[self.args.stream_key]
-            gateway = run_client("streams", self.gateway_url, key, argv, timeout=limit)
+            gateway = run_client("streams", self.gateway_url, key, argv, timeout=limit, path=path)
             gateway["cpu_s"] = round(cpu_seconds(workers) - cpu_before, 2)
             peak = sampler.stop()
             stop_profilers(profilers)
@@ -674,6 +676,7 @@ class Bench:
                     "chunk_delay_ms": delay,
                     "ramp_s": ramp,
                     "key": self.args.stream_key,
+                    "api": self.args.stream_api,
                     "direct": direct,
                     "gateway": gateway,
                     "first_byte_added_p50_ms": _added(gateway, direct, "p50"),
@@ -914,7 +917,8 @@ def print_report(results: dict) -> None:
     if streams:
         level0 = streams["levels"][0]
         w(
-            f"\nHeld streams ({level0['chunks']} chunks {level0['chunk_delay_ms']} ms apart, starts spread over "
+            f"\nHeld {'Responses' if level0.get('api') == 'responses' else 'chat'} streams ({level0['chunks']} chunks "
+            f"{level0['chunk_delay_ms']} ms apart, starts spread over "
             f"{level0['ramp_s']:g} s; first byte in ms)\n"
         )
         w(
@@ -1008,6 +1012,10 @@ def parse_args(argv=None):
         "--stream-runs", type=int, help="runs in a row of the first --streams level (default 5, 1 with --quick)"
     )
     parser.add_argument("--py-spy", action="store_true", help="profile each worker during the stream runs (py-spy)")
+    parser.add_argument(
+        "--stream-api", choices=["chat", "responses"], default="chat",
+        help="what the held streams are: chat completions, or Responses typed events (/v1/responses)",
+    )  # fmt: skip
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop request rate (req/s)")
     parser.add_argument(
         "--stream-key", choices=["limited", "unlimited"], default="limited", help="the key the streams use"

@@ -1,5 +1,6 @@
 """What every management command of Tollgate shares."""
 
+import argparse
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -19,3 +20,27 @@ class StrictCommand(BaseCommand):
 
         parser.error = one_line_error  # type: ignore[method-assign]  # argparse documents overriding it
         return parser
+
+
+# Argument types shared by the commands of every app: each fails with argparse's one-line message.
+
+
+def whole_number(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+
+
+def non_negative_int(value: str) -> int:
+    number = whole_number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {number}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    number = whole_number(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number

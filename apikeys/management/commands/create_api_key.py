@@ -10,8 +10,9 @@ from decimal import Decimal, InvalidOperation
 from django.core.management.base import CommandError
 
 from apikeys.services import TeamLookupError, api_key_create, team_find
+from core.commands import non_negative_int
 
-from ._common import KeyCommand, NoRepeatAction, expiry, non_negative_int, percent_list
+from ._common import KeyCommand, NoRepeatAction, expiry, percent_list
 
 
 def budget(value: str) -> Decimal:

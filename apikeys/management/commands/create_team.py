@@ -11,8 +11,9 @@ from django.core.management.base import CommandError
 
 from apikeys.selectors import team_row
 from apikeys.services import team_create
+from core.commands import non_negative_int
 
-from ._common import KeyCommand, NoRepeatAction, non_negative_int, percent_list
+from ._common import KeyCommand, NoRepeatAction, percent_list
 from .create_api_key import budget
 
 

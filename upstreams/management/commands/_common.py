@@ -7,23 +7,6 @@ from core.commands import StrictCommand
 UpstreamCommand = StrictCommand
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def whole_number(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-
-
 def model_list(value: str) -> list[str]:
     models = [part.strip() for part in value.split(",") if part.strip()]
     if not models:

@@ -5,12 +5,13 @@ import json
 from django.core.management.base import CommandError
 
 from apikeys.management.commands._common import NoRepeatAction
+from core.commands import positive_int, whole_number
 from upstreams.crypto import KeyEncryptionError
 from upstreams.models import UpstreamKind
 from upstreams.selectors import upstream_row
 from upstreams.services import UpstreamInvalid, upstream_create
 
-from ._common import UpstreamCommand, alias, model_list, positive_int, whole_number
+from ._common import UpstreamCommand, alias, model_list
 
 
 class Command(UpstreamCommand):

@@ -82,18 +82,8 @@ def usage_rollups(
     _whole_hour(since, "since")
     _whole_hour(until, "until")
     daily = not hourly and _whole_day(since) and _whole_day(until)
-    rollups: QuerySet = (UsageDailyRollup if daily else UsageRollup).objects.all()
-    if key_prefix is not None:
-        rollups = rollups.filter(key_prefix=key_prefix)
-    if key_prefixes is not None:
-        rollups = rollups.filter(key_prefix__in=key_prefixes)
-    if endpoint is not None:
-        rollups = rollups.filter(endpoint=endpoint)
-    if since is not None:
-        rollups = rollups.filter(hour__gte=since)
-    if until is not None:
-        rollups = rollups.filter(hour__lt=until)
-    return rollups
+    model = UsageDailyRollup if daily else UsageRollup
+    return _narrowed(model.objects.all(), "hour", key_prefix, key_prefixes, endpoint, since, until)
 
 
 def usage_records(
@@ -107,18 +97,7 @@ def usage_records(
     """Records of one key (by prefix), of several keys (`key_prefixes`: a list or a `values("prefix")` subquery)
     or all, of one endpoint or all, with `since <= created_at < until` (either bound optional). The records
     themselves (the admin's list, exports); totals come from `usage_rollups`."""
-    records: QuerySet = UsageRecord.objects.all()
-    if key_prefix is not None:
-        records = records.filter(key_prefix=key_prefix)
-    if key_prefixes is not None:
-        records = records.filter(key_prefix__in=key_prefixes)
-    if endpoint is not None:
-        records = records.filter(endpoint=endpoint)
-    if since is not None:
-        records = records.filter(created_at__gte=since)
-    if until is not None:
-        records = records.filter(created_at__lt=until)
-    return records
+    return _narrowed(UsageRecord.objects.all(), "created_at", key_prefix, key_prefixes, endpoint, since, until)
 
 
 def usage_totals_by_key_model(
@@ -467,3 +446,15 @@ def usage_report_rows(
     for row in rows:
         row["cost_usd"] = format_cost(row["cost_usd"])
     return rows
+
+
+def _narrowed(queryset: QuerySet, time_field: str, key_prefix, key_prefixes, endpoint, since, until) -> QuerySet:
+    """`queryset` filtered by each criterion that is given (None: any), `time_field` in [since, until)."""
+    criteria = {
+        "key_prefix": key_prefix,
+        "key_prefix__in": key_prefixes,
+        "endpoint": endpoint,
+        f"{time_field}__gte": since,
+        f"{time_field}__lt": until,
+    }
+    return queryset.filter(**{lookup: value for lookup, value in criteria.items() if value is not None})

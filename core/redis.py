@@ -202,6 +202,13 @@ def renews_itself(client: Any) -> bool:
     return isinstance(client, AsyncRedisCluster | RedisCluster)
 
 
+def refuses_when_busy(client: Any) -> bool:
+    """Whether a client refuses a command at once when every connection of its pool is busy (redis-py's
+    MaxConnectionsError) instead of waiting `pool_wait` for one: a Cluster client's node pools do. Callers bound
+    their own concurrent commands for such a client."""
+    return isinstance(client, AsyncRedisCluster | RedisCluster)
+
+
 async def prepare_async_redis(client: Any) -> None:
     """Make a new client ready for concurrent use; await it once before the first command.
 

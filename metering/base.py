@@ -5,6 +5,7 @@ All limits are per minute (`WINDOW_MS`). Money is in integer units of 10⁻⁸ U
 """
 
 import calendar
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -37,20 +38,26 @@ class BudgetWindow:
     @classmethod
     def at(cls, period: str, now: datetime) -> "BudgetWindow":
         now = now.astimezone(UTC)
-        if period == "day":
-            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-            return cls(period, start.strftime("%Y-%m-%d"), start, start + timedelta(days=1))
-        if period == "month":
-            start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            days = calendar.monthrange(start.year, start.month)[1]
-            return cls(period, start.strftime("%Y-%m"), start, start + timedelta(days=days))
-        return cls("total", "total", None, None)
+        # Every admission of a key with a budget asks: the window of a UTC day is computed once (it is immutable).
+        return _budget_window(period, now.year, now.month, now.day)
 
     def ttl_seconds(self, now: datetime) -> int:
         """How long a store keeps this period's counter: a day past its end (late settlements), 0 = forever."""
         if self.renews_at is None:
             return 0
         return int((self.renews_at - now).total_seconds()) + 86_400
+
+
+@functools.lru_cache(maxsize=64)
+def _budget_window(period: str, year: int, month: int, day: int) -> BudgetWindow:
+    if period == "day":
+        start = datetime(year, month, day, tzinfo=UTC)
+        return BudgetWindow(period, start.strftime("%Y-%m-%d"), start, start + timedelta(days=1))
+    if period == "month":
+        start = datetime(year, month, 1, tzinfo=UTC)
+        days = calendar.monthrange(year, month)[1]
+        return BudgetWindow(period, start.strftime("%Y-%m"), start, start + timedelta(days=days))
+    return BudgetWindow("total", "total", None, None)
 
 
 @dataclass(slots=True)

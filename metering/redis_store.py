@@ -16,6 +16,7 @@ its slot map by itself (`core.redis.renews_itself`), since a new one would know 
 """
 
 import asyncio
+import functools
 import logging
 import weakref
 from pathlib import Path
@@ -29,6 +30,7 @@ from core.redis import (
     close_async_redis,
     new_async_redis,
     prepare_async_redis,
+    refuses_when_busy,
     renews_itself,
 )
 
@@ -42,16 +44,18 @@ SETTLE_LUA = (SCRIPTS_DIR / "settle.lua").read_text()
 
 
 class _LoopClient:
-    __slots__ = ("admit", "client", "gate", "prepared", "settle")
+    __slots__ = ("admit", "client", "gate", "is_ready", "prepared", "settle")
 
     def __init__(self, client, max_calls: int):
         self.client = client
         # Calls in flight at once, at most the pool's connections: a Cluster node's pool refuses a command when all
         # its connections are busy (MaxConnectionsError) instead of waiting like the other pools, so calls queue here.
-        self.gate = asyncio.Semaphore(max_calls)
+        # The other pools wait by themselves: no gate (a semaphore and a timer per call, on every admission).
+        self.gate = asyncio.Semaphore(max_calls) if refuses_when_busy(client) else None
         self.admit = client.register_script(ADMIT_LUA)
         self.settle = client.register_script(SETTLE_LUA)
         self.prepared: asyncio.Future | None = None
+        self.is_ready = False
 
     async def ready(self) -> None:
         """`core.redis.prepare_async_redis` once, shared by the calls that arrive while it runs."""
@@ -64,6 +68,27 @@ class _LoopClient:
             if self.prepared is prepared and prepared.done():
                 self.prepared = None  # try again on the next call
             raise
+        self.is_ready = True
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_names(prefix: str, tag: str, parts: tuple) -> tuple[bytes, ...]:
+    """`RedisLimitStore.keys` for `parts` ((scope, budget label) of each), as bytes: each admission and settlement
+    needs them, and the names of a key's counters change once a budget period."""
+    names = []
+    for scope, label in parts:
+        base = f"{prefix}:{{{tag}}}"
+        if scope != tag:
+            base += f":key:{scope}"
+        names += [
+            f"{base}:rpm",
+            f"{base}:tpm",
+            f"{base}:tpm:amounts",
+            f"{base}:inflight",
+            f"{base}:budget:{label}",
+            f"{base}:budget:{label}:reservations",
+        ]
+    return tuple(name.encode() for name in names)
 
 
 class RedisLimitStore(LimitStore):
@@ -116,8 +141,8 @@ class RedisLimitStore(LimitStore):
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    def keys(self, ticket: LimitTicket) -> list[str]:
-        """The six Redis keys of each part of the ticket (the key's, then its team's).
+    def keys(self, ticket: LimitTicket) -> list[bytes]:
+        """The names of the six Redis keys of each part of the ticket (the key's, then its team's), encoded.
 
         Every key of one script carries the same hash tag: `{<lineage>}` for a key without a team, `{team:<id>}` for
         a key in a team and for its team: on a Redis Cluster all keys of a Lua script must hash to one slot, and a
@@ -125,21 +150,10 @@ class RedisLimitStore(LimitStore):
         changes team moves to other counters: its requests and tokens of the last minute start afresh, and its
         budget counter is read again from the usage records.
         """
-        names = []
-        for part in ticket.parts():
-            base = f"{self.prefix}:{{{ticket.tag}}}"
-            if part.scope != ticket.tag:
-                base += f":key:{part.scope}"
-            label = part.budget.window.label if part.budget is not None else "-"
-            names += [
-                f"{base}:rpm",
-                f"{base}:tpm",
-                f"{base}:tpm:amounts",
-                f"{base}:inflight",
-                f"{base}:budget:{label}",
-                f"{base}:budget:{label}:reservations",
-            ]
-        return names
+        parts = tuple(
+            (part.scope, part.budget.window.label if part.budget is not None else "-") for part in ticket.parts()
+        )
+        return list(_key_names(self.prefix, ticket.tag, parts))
 
     def _now_arg(self) -> str:
         return "" if self.timer is None else str(int(self.timer() * 1000))
@@ -147,13 +161,17 @@ class RedisLimitStore(LimitStore):
     async def _call(self, script_name: str, keys: list, args: list):
         entry = self._loop_client()
         try:
-            await entry.ready()
+            if not entry.is_ready:
+                await entry.ready()
+            script, gate = getattr(entry, script_name), entry.gate
+            if gate is None:
+                return await script(keys=keys, args=args, client=entry.client)
             async with asyncio.timeout(self.pool_wait_seconds):
-                await entry.gate.acquire()
+                await gate.acquire()
             try:
-                return await getattr(entry, script_name)(keys=keys, args=args, client=entry.client)
+                return await script(keys=keys, args=args, client=entry.client)
             finally:
-                entry.gate.release()
+                gate.release()
         except (TimeoutError, RedisError, OSError) as exc:
             self._drop_client(entry)
             raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc

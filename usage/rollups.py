@@ -1,12 +1,13 @@
 """Hourly usage rollups (`UsageRollup`) and their daily sums (`UsageDailyRollup`): how the usage writer adds to
 them, and how they are rebuilt from records.
 
-The writer inserts a batch of records with `INSERT … ON CONFLICT DO NOTHING RETURNING request_id`, so it knows
-which records the database actually took (a retried batch takes none), and calls `rollup_add` with those in the
-same transaction: the rollups move exactly with the records. `rollup_add` upserts each (hour, key, model,
-endpoint, outcome) row once per batch, adding the batch's sums (`ON CONFLICT … DO UPDATE SET x = x + excluded.x`),
-in a fixed order so that two workers' batches lock shared rows in the same order and cannot deadlock; then the
-same for the daily rows.
+The writer inserts a batch of records with `INSERT … ON CONFLICT DO NOTHING RETURNING …`, so only the records the
+database actually took (a retried batch takes none) reach the rollups, in the same transaction: the rollups move
+exactly with the records. Each (hour, key, model, endpoint, outcome) row is upserted once per batch, adding the
+batch's sums (`ON CONFLICT … DO UPDATE SET x = x + excluded.x`), in a fixed order so that two workers' batches
+lock shared rows in the same order and cannot deadlock; then the same for the daily rows. On PostgreSQL that is
+part of the insert's own statement (`rollup_upserts_sql`: the sums are the database's); elsewhere the writer
+calls `rollup_add` with the returned records.
 
 `rollup_rebuild(since)` recomputes every rollup from the hour `since` on from the records (backfills, and records
 written without the writer); on the same records it gives exactly what the writer produced.
@@ -122,6 +123,34 @@ def rollup_add(deltas: dict[tuple, list[int]], *, using: str = "default") -> Non
         return
     _upsert(UsageRollup, deltas, using)
     _upsert(UsageDailyRollup, daily_deltas(deltas), using)
+
+
+def rollup_upserts_sql(source: str, *, quote) -> list[str]:
+    """PostgreSQL: the two upserts (hourly, then daily) that add the rows of `source` (a query or CTE name with
+    UsageRecord's columns) to the rollups, as `rollup_add` does from Python, for the usage writer's one-statement
+    batch (`usage.writer`): sums in SQL, rows in the unique index's order, the same outcome classes and cost
+    units. `quote` is the connection's `quote_name`."""
+    q = quote
+    ok, throttled, error = (f"'{o.value}'" for o in (Outcome.OK, Outcome.THROTTLED, Outcome.ERROR))
+    outcome = f"CASE WHEN {q('status')} < 400 THEN {ok} WHEN {q('status')} = 429 THEN {throttled} ELSE {error} END"
+    sums = [
+        "count(*)",
+        *(f"sum({q(m)})" for m in MEASURES[1:-1]),
+        f"sum(({q('cost_usd')} * {MONEY_UNITS_PER_USD})::bigint)",
+    ]
+    statements = []
+    for model, unit in ((UsageRollup, "hour"), (UsageDailyRollup, "day")):
+        table = q(model._meta.db_table)
+        dimensions = [f"date_trunc('{unit}', {q('created_at')}, 'UTC')", *map(q, DIMENSIONS[1:-1]), outcome]
+        order = [str(DIMENSIONS.index(name) + 1) for name in UNIQUE]
+        updates = ", ".join(f"{q(m)} = {table}.{q(m)} + excluded.{q(m)}" for m in MEASURES)
+        statements.append(
+            f"INSERT INTO {table} ({', '.join(q(c) for c in (*DIMENSIONS, *MEASURES))}) "  # noqa: S608
+            f"SELECT {', '.join(dimensions + sums)} FROM {source} "
+            f"GROUP BY {', '.join(str(i) for i in range(1, len(DIMENSIONS) + 1))} ORDER BY {', '.join(order)} "
+            f"ON CONFLICT ({', '.join(q(c) for c in UNIQUE)}) DO UPDATE SET {updates}"
+        )
+    return statements
 
 
 def _insert_grouped(cursor, connection, model, grouped, time_alias: str, sums: tuple) -> int:

@@ -436,16 +436,18 @@ class UsageWriter:
         """Insert `rows` (fitted, `INSERT_COLUMNS` order) and add the ones the database took to the hourly
         rollups (`usage.rollups`), in the caller's transaction; return how many were inserted.
 
-        `INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id`: rows that already exist
-        (a batch retried after a commit whose answer was lost) are not returned, so they add nothing to the
-        rollups either. PostgreSQL: `INSERT … SELECT * FROM unnest(<one array per column>)`, one short statement
-        per batch. SQLite (>= 3.35): multi-row VALUES.
+        `INSERT … ON CONFLICT (request_id, created_at) DO NOTHING RETURNING …`: rows that already exist (a batch
+        retried after a commit whose answer was lost) are not returned, so they add nothing to the rollups either.
+        PostgreSQL: one statement per batch, `INSERT … SELECT * FROM unnest(<one array per column>)` whose returned
+        rows feed the two rollup upserts in the same statement (`usage.rollups.rollup_upserts_sql`): the sums are
+        the database's, and nothing comes back through Python but a count. SQLite (>= 3.35): multi-row VALUES,
+        then `rollup_add` from the returned ids.
 
         Not `bulk_create`: building model instances and running each value through the field machinery cost
         more than the database's own work, on a thread that shares the GIL with the event loop.
         """
         from .models import UsageRecord
-        from .rollups import rollup_add, rollup_deltas
+        from .rollups import rollup_add, rollup_deltas, rollup_upserts_sql
 
         self._ensure_partitions()
         connection = connections[self.using]
@@ -474,7 +476,13 @@ class UsageWriter:
                 types = {field.attname: field.db_type(connection) for field in meta.concrete_fields}
                 arrays = ", ".join(f"%s::{types[name]}[]" for name in INSERT_COLUMNS)
                 table = quote(meta.db_table)
-                sql = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}{returning}"  # noqa: S608
+                sql = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}"  # noqa: S608
+                if self.rollups_enabled:
+                    hourly, daily = rollup_upserts_sql("inserted", quote=quote)
+                    sql = (
+                        f"WITH inserted AS ({sql} RETURNING *), hourly AS ({hourly}), daily AS ({daily}) "  # noqa: S608
+                        "SELECT count(*) FROM inserted"
+                    )
                 # Server-side binding (a plain psycopg cursor, not Django's client-side one): the arrays go as
                 # parameters, adapted by psycopg's C dumpers, instead of being rendered into the SQL text.
                 import psycopg
@@ -484,8 +492,10 @@ class UsageWriter:
                 # skips it, instead of retrying the batch for ever.
                 with connection.wrap_database_errors, psycopg.Cursor(cursor.connection) as bound:
                     bound.execute(sql, [list(column) for column in zip(*params, strict=True)])
-                    if returning:
-                        inserted.update(request_id for (request_id,) in bound.fetchall())
+                    if not self.rollups_enabled:
+                        return len(rows)
+                    (count,) = bound.fetchone()
+                    return count
             else:
                 for start in range(0, len(params), _INSERT_CHUNK):
                     chunk = params[start : start + _INSERT_CHUNK]

@@ -196,8 +196,9 @@ async def _forward(
     endpoint: Endpoint, parsed: ParsedRequest, path: str, query: str, outcome: RequestOutcome, holder: str, tokens: int
 ):
     """The upstream's unread answer to the request, failing over: an upstream that refuses or resets the connection,
-    stays silent until the timeout, or answers 5xx or 429 (`OpenAIError.failover`) is marked in its health and the
-    same request goes to the next upstream `upstreams.selection` chooses, up to `UPSTREAM_MAX_ATTEMPTS` and within
+    stays silent until the timeout (`UPSTREAM_FIRST_BYTE_TIMEOUT` for its answer's head when set, else what is left
+    of `OPENAI_TIMEOUT`), or answers 5xx or 429 (`OpenAIError.failover`) is marked in its health and the same
+    request goes to the next upstream `upstreams.selection` chooses, up to `UPSTREAM_MAX_ATTEMPTS` and within
     `OPENAI_TIMEOUT`. Nothing has reached the client yet: the head is yielded only after this returns. A request
     about a stored object goes only to its `holder`. The last failure is raised when no attempt succeeds."""
     deadline = time.monotonic() + settings.OPENAI_TIMEOUT
@@ -214,9 +215,7 @@ async def _forward(
         outcome.attempts = len(tried) + 1
         started = time.perf_counter()
         try:
-            answer = await open_upstream(
-                path, parsed.forward_body, method=endpoint.method, query=query, target=target, model=parsed.model
-            )
+            answer = await _attempt(endpoint, parsed, path, query, target, deadline)
         except OpenAIError as exc:
             upstream_attempted(target, time.perf_counter() - started, exc.failover)
             if exc.failover is None or target.is_default:
@@ -235,6 +234,25 @@ async def _forward(
             continue
         upstream_attempted(target, time.perf_counter() - started, None)
         return answer
+
+
+async def _attempt(endpoint: Endpoint, parsed: ParsedRequest, path: str, query: str, target, deadline: float):
+    """One upstream's unread answer, its head awaited at most `UPSTREAM_FIRST_BYTE_TIMEOUT` (when set) and never
+    past `deadline`: an upstream that accepted the connection and went silent is an `UpstreamTimeout` the request
+    fails over from, while there is time left to."""
+    send = open_upstream(
+        path, parsed.forward_body, method=endpoint.method, query=query, target=target, model=parsed.model
+    )
+    bound = settings.UPSTREAM_FIRST_BYTE_TIMEOUT
+    if not bound or target.is_default:
+        return await send
+    try:
+        async with asyncio.timeout(min(bound, max(deadline - time.monotonic(), 0.0))):
+            return await send
+    except TimeoutError:
+        error = UpstreamTimeout("The upstream service did not start its answer in time.")
+        error.failover = "timeout"
+        raise error from None
 
 
 async def _read_plain(

@@ -11,8 +11,9 @@ Endpoints (see the package docstring for the full contract):
 * ``GET /v1/models`` and ``GET /v1/models/{id}``.
 * ``GET``/``DELETE /_fake/requests`` -- the ring buffer of the last requests to ``/v1/*``.
 * ``GET``/``DELETE /_fake/stats`` -- ``{"open_streams", "completed", "client_disconnects"}``.
-* ``GET``/``POST /_fake/mode[?fail_status=N&retry_after=S]`` -- every ``/v1/*`` request answers ``fail_status``
-  (with ``retry-after: S``) until set back (a ``POST`` without ``fail_status`` clears it).
+* ``GET``/``POST /_fake/mode[?fail_status=N&retry_after=S|?hang=1]`` -- every ``/v1/*`` request answers
+  ``fail_status`` (with ``retry-after: S``), or with ``hang=1`` never answers (an upstream that accepted the
+  connection and went silent), until set back (a ``POST`` without either clears both).
 
 ``azure=True`` makes it an Azure OpenAI resource instead: ``/openai/v1/*`` (the v1 API),
 ``/openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=V`` and
@@ -226,6 +227,7 @@ class FakeUpstream:
         self.azure = azure
         self.fail_status = fail_status
         self.retry_after = retry_after
+        self.hang = False
         self.requests: deque[RequestRecord] = deque(maxlen=record_limit)
         self.open_streams = 0
         self.completed = 0
@@ -330,6 +332,17 @@ class FakeUpstream:
             and (request.headers.get("Authorization") != self._expected_auth)
         ):
             response = self._unauthorized(request)
+        elif self.hang:
+            task = asyncio.current_task()
+            self._lingering.add(task)
+            try:
+                await asyncio.get_running_loop().create_future()  # resolved by nobody: await cancellation
+            except asyncio.CancelledError:
+                self._client_gone(record)
+                raise
+            finally:
+                self._lingering.discard(task)
+            raise AssertionError("unreachable")  # pragma: no cover
         elif self.fail_status is not None:
             headers = {"retry-after": self.retry_after} if self.retry_after else None
             message = f"The fake upstream answers {self.fail_status} to everything (its fail mode)."
@@ -559,10 +572,10 @@ class FakeUpstream:
                 status = request.query.get("fail_status")
                 self.fail_status = int(status) if status else None
                 self.retry_after = request.query.get("retry_after") or None
+                self.hang = request.query.get("hang") == "1"
             if method in ("GET", "POST"):
-                return _json_response(
-                    200, orjson.dumps({"fail_status": self.fail_status, "retry_after": self.retry_after})
-                )
+                state = {"fail_status": self.fail_status, "retry_after": self.retry_after, "hang": self.hang}
+                return _json_response(200, orjson.dumps(state))
         elif path == "/_fake/stats":
             if method == "GET":
                 return _json_response(200, orjson.dumps(self.stats()))

@@ -226,6 +226,29 @@ def test_an_upstream_killed_under_load_costs_no_client_an_error(fakes, routed_ga
     assert set(failed_over.values_list("upstream", flat=True)) <= {"a", "c"}
 
 
+def test_a_silent_upstream_is_failed_over_after_the_first_byte_timeout(fakes, routed_gateway, make_key):
+    """B accepts every connection and never answers: with UPSTREAM_FIRST_BYTE_TIMEOUT each request B draws waits
+    that long, then goes to A, plain and streamed; without it B would hold the request for OPENAI_TIMEOUT."""
+    set_mode(fakes["b"], hang=1)
+    create("a", fakes["a"], KEY_A)
+    create("b", fakes["b"], KEY_B, "--weight", "3")
+    gateway = routed_gateway(UPSTREAM_FIRST_BYTE_TIMEOUT="0.5", OPENAI_TIMEOUT="20")
+    _, raw = make_key()
+    for stream in (False, True, False, True):
+        started = time.monotonic()
+        response = chat(gateway, raw, stream=stream)
+        assert response.status_code == 200, response.text
+        assert (not stream) or "data: [DONE]" in response.text
+        assert time.monotonic() - started < 5.0  # B's silence cost at most its bound (twice, at worst), not 20 s
+    assert v1_requests(fakes["b"])  # B was drawn (weight 3 of 4) and left silent
+    time.sleep(0.5)
+    records = UsageRecord.objects.filter(status=200)
+    assert set(records.values_list("upstream", flat=True)) == {"a"}
+    assert records.filter(attempts=2).exists()
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    assert re.search(r'tollgate_upstream_errors_total\{reason="timeout",upstream="b"\} [1-9]', metrics), metrics[-2000:]
+
+
 def test_an_upstream_answering_429_rests_and_the_others_serve(fakes, routed_gateway, make_key):
     set_mode(fakes["b"], fail_status=429, retry_after=30)
     create("a", fakes["a"], KEY_A)

@@ -137,6 +137,9 @@ UPSTREAM_HTTP_CLIENT = env.str("UPSTREAM_HTTP_CLIENT", default="sdk")
 UPSTREAM_KEY_ENCRYPTION_KEYS = env("UPSTREAM_KEY_ENCRYPTION_KEYS", default="")
 # Upstreams tried for one request (the first and the ones it fails over to).
 UPSTREAM_MAX_ATTEMPTS = env.int("UPSTREAM_MAX_ATTEMPTS", default=3)
+# Seconds one upstream may take to start its answer (status and headers) before the request fails over to the next
+# (0: no bound of its own, only OPENAI_TIMEOUT). A plain answer's head comes once it is complete: allow for that.
+UPSTREAM_FIRST_BYTE_TIMEOUT = env.float("UPSTREAM_FIRST_BYTE_TIMEOUT", default=0.0)
 # Failures within the window that make an upstream rest, and how long it rests.
 UPSTREAM_FAILURE_THRESHOLD = env.int("UPSTREAM_FAILURE_THRESHOLD", default=3)
 UPSTREAM_FAILURE_WINDOW_SECONDS = env.float("UPSTREAM_FAILURE_WINDOW_SECONDS", default=10.0)

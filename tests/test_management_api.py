@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -166,6 +167,24 @@ def test_a_retried_create_with_an_idempotency_key_returns_the_first_answer(gatew
         without = api.post("/keys", json={"name": name, "rpm": 5})
         assert without.status_code == 201 and without.json()["prefix"] != first.json()["prefix"]
     assert APIKey.objects.filter(name=name).count() == 2
+
+
+def test_concurrent_retries_with_one_idempotency_key_create_one_key(gateway, token):
+    """Eight copies of one create sent at once (a client retrying before its first answer came): one key is made,
+    and every answer is that key's, raw key included."""
+    _, raw_token = token
+    name = f"idem-race-{uuid.uuid4().hex[:6]}"
+    idem = {"Idempotency-Key": uuid.uuid4().hex}
+
+    def create(_):
+        with _api(gateway, raw_token) as api:
+            return api.post("/keys", json={"name": name, "rpm": 5}, headers=idem)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(create, range(8)))
+    assert all(answer.status_code == 201 for answer in answers), [a.text for a in answers]
+    assert len({answer.json()["key"] for answer in answers}) == 1
+    assert APIKey.objects.filter(name=name).count() == 1
 
 
 def test_errors_are_openai_shaped_with_the_right_statuses(gateway, token):

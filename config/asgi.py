@@ -253,7 +253,7 @@ def warm_up() -> None:
     gc.collect()
     gc.freeze()
     # A full collection traverses every object alive: with 500 held streams in a worker, over 100 ms with the
-    # event loop stopped (issue 16). CPython starts one after every 10 collections of the middle generation
+    # event loop stopped. CPython starts one after every 10 collections of the middle generation
     # (once the objects promoted since the last one are a quarter of the old ones), which thousands of streams,
     # each holding a few hundred objects for as long as it lasts, reach every few seconds. Only reference cycles
     # need a full collection, and a request leaves none behind (core/asyncview.py, AsyncAPIView.release), so

@@ -45,7 +45,7 @@ class AsyncAPIView(APIView):
         `self.request` and the DRF request's `parser_context["view"]` refer to each other, and through the view
         everything the response holds (a relayed stream's generator and its state) stays in that cycle: reference
         counting never frees it, only a full garbage collection does. With thousands of streams held, a full
-        collection traverses all of them on the event loop (over 100 ms at 500 streams per worker, issue 16); it
+        collection traverses all of them on the event loop (over 100 ms at 500 streams per worker); it
         comes after enough such garbage has piled up, so the less there is, the rarer it is.
         """
         request = getattr(self, "request", None)

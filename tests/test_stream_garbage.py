@@ -1,7 +1,7 @@
 """A relayed stream leaves no reference cycle behind: reference counting frees all of it when it ends.
 
 Whatever a finished request leaves in a cycle waits for a full garbage collection, and a full collection traverses
-every stream the worker holds with its event loop stopped (over 100 ms at 500 streams per worker, issue 16);
+every stream the worker holds with its event loop stopped (over 100 ms at 500 streams per worker);
 `config.asgi` makes them rare on the strength of this. The streams run in this process through the ASGI
 application itself (as a worker runs them), against the fake upstream, and the collector is asked what it found.
 """

@@ -42,6 +42,7 @@ from tests.redis_topologies import (
     needs_redis_server,
 )
 from tests.test_rate_limits import burst
+from upstreams.store import RedisRouteStore
 
 # All transactional: pytest-django runs transactional tests before the others, and a module whose tests fall in
 # both groups would start its module-scoped cluster twice.
@@ -267,3 +268,36 @@ def test_a_failover_loses_exactly_what_the_replica_had_not_received(own_cluster)
     )
     assert set(before) <= kept and "resumed" in kept
     assert lost == after
+
+
+@needs_redis_server
+def test_upstream_health_and_caps_are_shared_through_the_cluster(cluster, settings):
+    """The upstreams' routing state goes through the same factory: on a Cluster, an upstream's requests-per-minute
+    cap admits exactly its limit, and failures past the threshold make it rest, for the async readers the relay uses
+    and the blocking ones the admin uses, with upstreams spread over several masters."""
+    settings.REDIS_SENTINELS = []
+    settings.REDIS_CLUSTER = True
+    settings.REDIS_URL = f"redis://127.0.0.1:{cluster.nodes[0].port}/0"
+    reset_shared_clients()
+    store = RedisRouteStore()
+    names: list[str] = []
+    masters: set[int] = set()
+    while len(masters) < 3 or len(names) < 6:  # upstreams on every master
+        names.append(f"up-{uuid.uuid4().hex[:8]}")
+        masters.add(cluster.master_of(f"{{{names[-1]}}}").port)
+
+    async def run():
+        taken = [await store.take(names[0], 3, None, 0, f"member-{i}") for i in range(5)]
+        for name in names:
+            for attempt in range(settings.UPSTREAM_FAILURE_THRESHOLD):
+                await store.fail(name, None, {"reason": "5xx", "message": f"attempt {attempt}"})
+        return taken, await store.resting(names)
+
+    try:
+        taken, resting = asyncio.run(run())
+        assert taken == [True, True, True, False, False]
+        assert set(resting) == set(names), resting
+        assert set(store.resting_now(names)) == set(names)
+        assert store.last_errors(names[0])[0]["reason"] == "5xx"
+    finally:
+        reset_shared_clients()

@@ -494,8 +494,9 @@ class UsageWriter:
                     bound.execute(sql, [list(column) for column in zip(*params, strict=True)])
                     if not self.rollups_enabled:
                         return len(rows)
-                    (count,) = bound.fetchone()
-                    return count
+                    counted = bound.fetchone()
+                    assert counted is not None  # a SELECT count(*) always has its row
+                    return counted[0]
             else:
                 for start in range(0, len(params), _INSERT_CHUNK):
                     chunk = params[start : start + _INSERT_CHUNK]

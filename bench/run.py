@@ -75,6 +75,8 @@ BARS = {
     "stream_errors": 0,
     "first_byte_p99_added_ms": 50.0,  # at 1,000 streams, in every run
     "first_byte_p99_added_ms_3000": 100.0,
+    "responses_first_event_p99_added_ms": 10.0,  # 1,000 held Responses streams (`--stream-api responses`)
+    "responses_share_of_chat": 0.9,  # plain Responses req/s over plain chat's, 16 connections, same run
     "rss_gib": 1.0,
 }
 
@@ -805,6 +807,12 @@ def bars(results: dict) -> list[dict]:
             added = by_conn[1]["added_p50_ms"]
             name = "plain, 1 connection: added p50 ms"
             out.append(_bar(name, added, "<= 2", added <= BARS["added_p50_ms"], judged=False))
+        responses = results.get("responses")
+        if responses and 16 in by_conn:
+            share = responses["levels"][0]["gateway"]["rps"] / by_conn[16]["gateway"]["rps"]
+            limit = BARS["responses_share_of_chat"]
+            name = "plain Responses req/s / chat req/s, 16 connections"
+            out.append(_bar(name, round(share, 3), f">= {limit:g}", share >= limit))
         database = plain.get("database", {}).get("counters")
         if database:
             per_request = database["transactions"]["per_request"]
@@ -819,6 +827,8 @@ def bars(results: dict) -> list[dict]:
             if count not in (1000, 3000) and len(by_count) > 1:
                 continue
             limit = BARS["first_byte_p99_added_ms"] if count <= 1000 else BARS["first_byte_p99_added_ms_3000"]
+            if count <= 1000 and runs[0].get("api") == "responses":
+                limit = BARS["responses_first_event_p99_added_ms"]
             errors = [level["gateway"]["errors"] for level in runs]
             out.append(_bar(f"{count} streams: errors (each run)", errors, "0", not any(errors)))
             added = [level["first_byte_added_p99_ms"] for level in runs]

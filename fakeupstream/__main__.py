@@ -28,26 +28,17 @@ def _raise_fd_limit() -> None:
 
 
 def _collect_rarely() -> None:
-    """Keep the fake's garbage collections short, so that its pauses are not what `make bench` measures.
+    """No automatic full garbage collections: `serve_forever(collect_while_idle=True)` runs them while no stream is
+    open, so that the fake's own pauses are not what `make bench` measures.
 
-    The fake keeps every stored response (the Responses API's state) and, in the stream cases, a thousand held
-    streams; a full collection traverses all of them with the loop stopped: 130-180 ms at 1,000 held Responses
-    streams (gc callbacks), and those pauses were the first-byte p99 of the gateway's runs (the gateway had
-    admitted each stalled request within 2 ms and was waiting for the fake's answer). So full collections are
-    rarer (one per 100 middle-generation collections, as in the gateway's workers), and what survives one is frozen
-    (`gc.freeze`): it was alive then, and the next full collection traverses only what came after. A reference
-    cycle alive at that moment is never freed once it dies; the fake's RSS stayed at 102-118 MB over three
-    1,000-stream Responses runs."""
+    The fake holds a thousand streams in the stream cases (and keeps every stored response); a full collection
+    traverses all of them with the loop stopped: 130-180 ms at 1,000 held Responses streams (timed with
+    `gc.callbacks`), and those pauses were the first-byte p99 of the gateway's runs (the gateway had admitted each
+    stalled request within 2 ms and was waiting for the fake's answer). What start-up created is frozen first."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 100)
-
-    def freeze_survivors(phase: str, info: dict) -> None:
-        if phase == "stop" and info["generation"] == 2:
-            gc.freeze()
-
-    gc.callbacks.append(freeze_survivors)
+    gc.set_threshold(young, middle, 1_000_000)
 
 
 def _announce(url: str) -> None:
@@ -94,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         require_key=key,
         record=record,
         on_ready=_announce,
+        collect_while_idle=True,
         azure=args.azure,
         fail_status=args.fail_status,
         retry_after=args.retry_after,

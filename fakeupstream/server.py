@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import itertools
 import signal
 import socket
@@ -672,14 +673,17 @@ async def serve_forever(
     require_key: str | None = None,
     record: bool = True,
     on_ready: Callable[[str], None] | None = None,
+    collect_while_idle: bool = False,
     **options: Any,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (the body of ``python -m fakeupstream``).
 
-    ``on_ready(base_url)`` is called once the socket is listening.
+    ``on_ready(base_url)`` is called once the socket is listening. ``collect_while_idle`` runs the process's full
+    garbage collections between streams (see ``_collect_while_idle``; the caller turns the automatic ones off).
     """
     upstream = FakeUpstream(require_key=require_key, record=record, **options)
     url = await upstream.start(host, port)
+    collector = asyncio.ensure_future(_collect_while_idle(upstream)) if collect_while_idle else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -689,6 +693,27 @@ async def serve_forever(
             on_ready(url)
         await stop.wait()
     finally:
+        if collector is not None:
+            collector.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await upstream.stop()
+
+
+# How often the idle collector looks, and the longest it lets garbage wait under load that never pauses.
+IDLE_CHECK_SECONDS = 0.25
+LONGEST_WITHOUT_FULL_COLLECTION = 30.0
+
+
+async def _collect_while_idle(upstream: FakeUpstream) -> None:
+    """Run the full garbage collections of a process whose automatic ones are off (``python -m fakeupstream``)
+    while nothing long-lived is in flight: a full collection traverses every held stream with the loop stopped
+    (130-180 ms at 1,000 held streams), and at such a moment nobody waits for it. Under load that never pauses, one
+    runs at least every LONGEST_WITHOUT_FULL_COLLECTION seconds, so reference cycles are still freed."""
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(IDLE_CHECK_SECONDS)
+        now = time.monotonic()
+        if gc.get_count()[2] and (not upstream._lingering or now - last >= LONGEST_WITHOUT_FULL_COLLECTION):
+            gc.collect()
+            last = now

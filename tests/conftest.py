@@ -111,6 +111,14 @@ def server_database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+def manage_py(*args: str) -> subprocess.CompletedProcess:
+    """`python manage.py ARGS` as a real process against the test database (exit code, stdout and stderr apart)."""
+    env = {**os.environ, "DATABASE_URL": server_database_url(), "DJANGO_SETTINGS_MODULE": "config.settings.base"}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 class ServerProcess:
     """A subprocess with its combined output in a log file; stopped with SIGTERM (a clean shutdown)."""
 

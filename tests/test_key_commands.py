@@ -5,9 +5,6 @@ versus stderr run `manage.py` as a real subprocess against the test database.
 """
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -17,7 +14,7 @@ from django.utils import timezone
 
 from apikeys.models import APIKey, AuditLogEntry
 from apikeys.services import api_key_create, api_key_revoke, api_key_rotate
-from tests.conftest import ROOT, server_database_url
+from tests.conftest import manage_py
 
 
 def run(*args) -> tuple[str, str]:
@@ -26,11 +23,7 @@ def run(*args) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def manage(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": server_database_url(), "DJANGO_SETTINGS_MODULE": "config.settings.base"}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+manage = manage_py
 
 
 def make(name="cmd", **fields):

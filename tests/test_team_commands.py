@@ -4,9 +4,6 @@
 
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +14,7 @@ from django.core.management.base import CommandError
 
 from apikeys.models import APIKey, AuditLogEntry, Team
 from apikeys.services import api_key_create
-from tests.conftest import ROOT, server_database_url
+from tests.conftest import manage_py
 from usage.models import UsageRecord
 from usage.rollups import rollup_rebuild
 
@@ -28,11 +25,7 @@ def run(*args) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def manage(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": server_database_url(), "DJANGO_SETTINGS_MODULE": "config.settings.base"}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+manage = manage_py
 
 
 def state() -> tuple:

@@ -148,7 +148,7 @@ class RedisLimitStore(LimitStore):
         a key in a team and for its team: on a Redis Cluster all keys of a Lua script must hash to one slot, and a
         key's counters sit with its team's (tests/test_redis_cluster.py checks every ticket shape). A key that
         changes team moves to other counters: its requests and tokens of the last minute start afresh, and its
-        budget counter is read again from the usage records.
+        budget counter is read again from the database (the usage rollups).
         """
         parts = tuple(
             (part.scope, part.budget.window.label if part.budget is not None else "-") for part in ticket.parts()

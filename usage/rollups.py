@@ -85,20 +85,22 @@ def rollup_deltas(records: Iterable[dict]) -> dict[tuple, list[int]]:
 def _upsert(model, deltas: dict[tuple, list[int]], using: str) -> None:
     connection = connections[using]
     ops = connection.ops
-    quote = ops.quote_name
-    table = quote(model._meta.db_table)
-    columns = (*DIMENSIONS, *MEASURES)
-    updates = ", ".join(f"{quote(m)} = {table}.{quote(m)} + excluded.{quote(m)}" for m in MEASURES)
-    sql = (
-        f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
-        f"VALUES ({', '.join(['%s'] * len(columns))}) "
-        f"ON CONFLICT ({', '.join(quote(c) for c in UNIQUE)}) DO UPDATE SET {updates}"
-    )
+    into, adding = _upsert_clauses(model, ops.quote_name)
+    sql = f"{into} VALUES ({', '.join(['%s'] * (len(DIMENSIONS) + len(MEASURES)))}) {adding}"
     adapt_time = ops.adapt_datetimefield_value
     order = [DIMENSIONS.index(name) for name in UNIQUE]
     items = sorted(deltas.items(), key=lambda item: tuple(item[0][i] for i in order))
     with connection.cursor() as cursor:
         cursor.executemany(sql, [[adapt_time(hour), *rest, *sums] for (hour, *rest), sums in items])
+
+
+def _upsert_clauses(model, quote) -> tuple[str, str]:
+    """`INSERT INTO <rollup table> (<dimensions>, <measures>)` and the `ON CONFLICT … DO UPDATE` that adds the new
+    sums to a row that exists: what both ways of upserting rollups (`rollup_add`, `rollup_upserts_sql`) share."""
+    table = quote(model._meta.db_table)
+    into = f"INSERT INTO {table} ({', '.join(quote(c) for c in (*DIMENSIONS, *MEASURES))})"
+    updates = ", ".join(f"{quote(m)} = {table}.{quote(m)} + excluded.{quote(m)}" for m in MEASURES)
+    return into, f"ON CONFLICT ({', '.join(quote(c) for c in UNIQUE)}) DO UPDATE SET {updates}"
 
 
 def daily_deltas(deltas: dict[tuple, list[int]]) -> dict[tuple, list[int]]:
@@ -138,17 +140,15 @@ def rollup_upserts_sql(source: str, *, quote) -> list[str]:
         *(f"sum({q(m)})" for m in MEASURES[1:-1]),
         f"sum(({q('cost_usd')} * {MONEY_UNITS_PER_USD})::bigint)",
     ]
+    group = ", ".join(str(i) for i in range(1, len(DIMENSIONS) + 1))
+    order = ", ".join(str(DIMENSIONS.index(name) + 1) for name in UNIQUE)
     statements = []
     for model, unit in ((UsageRollup, "hour"), (UsageDailyRollup, "day")):
-        table = q(model._meta.db_table)
+        into, adding = _upsert_clauses(model, q)
         dimensions = [f"date_trunc('{unit}', {q('created_at')}, 'UTC')", *map(q, DIMENSIONS[1:-1]), outcome]
-        order = [str(DIMENSIONS.index(name) + 1) for name in UNIQUE]
-        updates = ", ".join(f"{q(m)} = {table}.{q(m)} + excluded.{q(m)}" for m in MEASURES)
         statements.append(
-            f"INSERT INTO {table} ({', '.join(q(c) for c in (*DIMENSIONS, *MEASURES))}) "  # noqa: S608
-            f"SELECT {', '.join(dimensions + sums)} FROM {source} "
-            f"GROUP BY {', '.join(str(i) for i in range(1, len(DIMENSIONS) + 1))} ORDER BY {', '.join(order)} "
-            f"ON CONFLICT ({', '.join(q(c) for c in UNIQUE)}) DO UPDATE SET {updates}"
+            f"{into} SELECT {', '.join(dimensions + sums)} FROM {source} "  # noqa: S608
+            f"GROUP BY {group} ORDER BY {order} {adding}"
         )
     return statements
 

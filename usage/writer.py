@@ -459,7 +459,6 @@ class UsageWriter:
         columns = ", ".join(quote(concrete[name]) for name in INSERT_COLUMNS)
         one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
         conflict = f"ON CONFLICT ({quote('request_id')}, {quote('created_at')}) DO NOTHING"
-        returning = f" RETURNING {quote('request_id')}" if self.rollups_enabled else ""
         cost_at, created_at = INSERT_COLUMNS.index("cost_usd"), INSERT_COLUMNS.index("created_at")
         adapt_cost, adapt_time = ops.adapt_decimalfield_value, ops.adapt_datetimefield_value
         params = []
@@ -468,7 +467,6 @@ class UsageWriter:
             row[cost_at] = adapt_cost(row[cost_at], 14, 8)
             row[created_at] = adapt_time(row[created_at])
             params.append(row)
-        inserted: Counter = Counter()
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 # One statement whatever the batch size: a row per element of 22 arrays. (Not `executemany`: each
@@ -498,6 +496,8 @@ class UsageWriter:
                     assert counted is not None  # a SELECT count(*) always has its row
                     return counted[0]
             else:
+                returning = f" RETURNING {quote('request_id')}" if self.rollups_enabled else ""
+                inserted: Counter = Counter()
                 for start in range(0, len(params), _INSERT_CHUNK):
                     chunk = params[start : start + _INSERT_CHUNK]
                     values = ", ".join([one] * len(chunk))

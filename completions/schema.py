@@ -13,6 +13,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 
+# A model name "must be a non-empty string" to `completions.validation`, which strips it with Python's `str.strip`:
+# at least one character that is not whitespace, where Python's whitespace also counts U+001C-U+001F and U+0085,
+# which the ECMA regex `\s` of JSON Schema does not (with a bare `\S`, a name of one U+001E was schema-valid and
+# refused).
+NOT_BLANK = RegexValidator(r"[^\s\x1c-\x1f\x85]")
+
 
 class BearerAPIKeyScheme(OpenApiAuthenticationExtension):
     """`apikeys.authentication.BearerAPIKeyAuthentication` as an HTTP bearer security scheme."""
@@ -60,7 +66,7 @@ class ChatCompletionCreateSerializer(serializers.Serializer):
     """The main fields of OpenAI's CreateChatCompletionRequest, with the ranges Tollgate checks."""
 
     model = serializers.CharField(
-        validators=[RegexValidator(r"\S")], help_text="Model id, e.g. `gpt-4o-mini`; must be allowed for the key."
+        validators=[NOT_BLANK], help_text="Model id, e.g. `gpt-4o-mini`; must be allowed for the key."
     )
     messages = serializers.ListField(child=ChatMessageSerializer(), min_length=1)
     stream = serializers.BooleanField(
@@ -408,9 +414,7 @@ class ModerationInputField(serializers.JSONField):
 class CompletionCreateSerializer(serializers.Serializer):
     """The main fields of OpenAI's CreateCompletionRequest (legacy completions), with the ranges Tollgate checks."""
 
-    model = serializers.CharField(
-        validators=[RegexValidator(r"\S")], help_text="Model id, e.g. `gpt-3.5-turbo-instruct`."
-    )
+    model = serializers.CharField(validators=[NOT_BLANK], help_text="Model id, e.g. `gpt-3.5-turbo-instruct`.")
     prompt = PromptField(
         help_text="A string, an array of strings, an array of token ids or an array of token-id arrays."
     )
@@ -441,7 +445,7 @@ class CompletionCreateSerializer(serializers.Serializer):
 class EmbeddingCreateSerializer(serializers.Serializer):
     """The fields of OpenAI's CreateEmbeddingRequest that Tollgate checks."""
 
-    model = serializers.CharField(validators=[RegexValidator(r"\S")], help_text="e.g. `text-embedding-3-small`.")
+    model = serializers.CharField(validators=[NOT_BLANK], help_text="e.g. `text-embedding-3-small`.")
     input = EmbeddingInputField(
         help_text="A non-empty string, up to 2,048 non-empty strings, an array of token ids, or token-id arrays."
     )
@@ -458,7 +462,7 @@ class ModerationCreateSerializer(serializers.Serializer):
     input = ModerationInputField(help_text="A string, an array of strings, or an array of content parts.")
     model = serializers.CharField(
         required=False,
-        validators=[RegexValidator(r"\S")],
+        validators=[NOT_BLANK],
         help_text="Default `omni-moderation-latest` (also what the allowlist checks when it is absent).",
     )
 
@@ -573,9 +577,7 @@ class ToolsField(serializers.JSONField):
 class ResponseCreateSerializer(serializers.Serializer):
     """The main fields of OpenAI's CreateResponse, with the checks Tollgate makes; every other field passes."""
 
-    model = serializers.CharField(
-        validators=[RegexValidator(r"\S")], help_text="Model id; must be allowed for the key."
-    )
+    model = serializers.CharField(validators=[NOT_BLANK], help_text="Model id; must be allowed for the key.")
     input = ResponseInputField(required=False, help_text="A string, or an array of input items.")
     instructions = serializers.CharField(
         required=False, allow_blank=True, help_text="A system (developer) message, a string."
@@ -612,9 +614,7 @@ class ResponseCreateSerializer(serializers.Serializer):
 
 
 class InputTokensSerializer(serializers.Serializer):
-    model = serializers.CharField(
-        validators=[RegexValidator(r"\S")], help_text="Optional to Tollgate; described as sent."
-    )
+    model = serializers.CharField(validators=[NOT_BLANK], help_text="Optional to Tollgate; described as sent.")
     input = ResponseInputField(required=False)
     previous_response_id = serializers.RegexField(r"^[A-Za-z0-9_-]+$", max_length=128, required=False, allow_null=True)
     conversation = ConversationRefField(required=False)
